@@ -1,0 +1,257 @@
+"""Typed run configuration: dataclasses, loaded from a YAML recipe plus dotted `key=value` overrides, validated.
+
+Names follow verl's where the concept is the same (`clip_ratio_low`, `loss_agg_mode`, `ppo_mini_batch_size`, ...),
+so a verl user can port a script key by key. Unknown keys are errors that name the closest valid key; nothing is
+silently rewritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scirl.errors import ScirlError
+
+BUILTIN_RECIPE = Path(__file__).parent / "recipes" / "tiny_grpo.yaml"
+
+
+@dataclass
+class ModelConfig:
+    path: str = "builtin:tiny-qwen3"  # local folder, hub id, or builtin:<name> (a model bundled in scirl/assets)
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class DataConfig:
+    train: str = "tiny_physics"  # dataset name (see scirl.data.datasets.DATASETS)
+    val: str = "tiny_physics"
+    train_size: int = 1000  # problems drawn from the generator (synthetic sources only)
+    val_size: int = 64
+    seed: int = 0
+    train_batch_size: int = 16  # prompts per training step
+    max_prompt_length: int = 256
+    shuffle: bool = True
+    enable_thinking: bool = True  # passed to the chat template
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"
+    n: int = 8  # samples per prompt
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 48  # verl: data.max_response_length
+    val_n: int = 8  # verl: rollout.val_kwargs.n
+    val_temperature: float = 1.0
+    val_top_p: float = 1.0
+
+
+@dataclass
+class RewardConfig:
+    name: str = "boxed_numeric"
+    workers: int = 1  # reward worker processes; 0 runs inline (no timeout enforcement)
+    timeout: float = 10.0  # seconds per call; a call past it is killed and scores 0
+    kwargs: dict = field(default_factory=dict)  # passed to the reward as `info`
+
+
+@dataclass
+class AlgorithmConfig:
+    adv_estimator: str = "grpo"
+    norm_adv_by_std_in_grpo: bool = True  # False = Dr.GRPO
+    clip_ratio_low: float = 0.2
+    clip_ratio_high: float = 0.2
+    clip_ratio_c: float = 3.0  # dual-clip bound, must be > 1
+
+
+@dataclass
+class ActorConfig:
+    policy_loss: str = "vanilla"
+    loss_agg_mode: str = "token-mean"
+    ppo_mini_batch_size: int = 16  # prompts per optimizer step (x rollout.n sequences)
+    ppo_micro_batch_size: int = 64  # sequences per forward/backward (gradient accumulation)
+    ppo_epochs: int = 1
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    lr_scheduler: str = "constant"  # constant | cosine | linear (after warmup)
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    entropy_coeff: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    total_steps: int = 30
+    test_freq: int = 0  # validate every N steps (0: only at start and end)
+    save_freq: int = 0  # checkpoint every N steps (0: only at the end)
+    seed: int = 1
+    run_name: str = "tiny_grpo"
+    output_dir: str = "runs"  # run folder is <output_dir>/<run_name>
+    resume: str = "disable"  # disable | auto | <checkpoint folder>
+    device: str = "auto"  # auto | cpu | cuda
+    num_threads: int = 0  # torch intra-op threads on CPU (0: all cores)
+    progress: bool = True  # live progress bar on the console
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.trainer.output_dir) / self.trainer.run_name
+
+
+def all_keys(cfg: Any = None, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of the config schema."""
+    cfg = cfg if cfg is not None else Config()
+    keys = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += all_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _unknown_key(key: str, where: str) -> ScirlError:
+    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
+    if not close:  # try matching the last component alone (e.g. `trainer.clip_ratio_high`)
+        leaf = key.rsplit(".", 1)[-1]
+        close = [k for k in all_keys() if k.rsplit(".", 1)[-1] == leaf][:1]
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ScirlError(f"unknown config key '{key}'{where}{hint}")
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check/convert a YAML value to the field's declared type; no silent rewriting beyond int -> float."""
+    kind = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict}.get(
+        annotation if isinstance(annotation, str) else getattr(annotation, "__name__", ""), None
+    )
+    if kind is None:
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads `1e-5` (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise ScirlError(f"config key '{key}' expects {kind.__name__}, got {value!r}")
+    return value
+
+
+def _apply(node: Any, data: dict, prefix: str, where: str) -> None:
+    if not isinstance(data, dict):
+        raise ScirlError(f"config section '{prefix.rstrip('.') or '<root>'}'{where} must be a mapping")
+    hints = typing.get_type_hints(type(node))
+    names = {f.name for f in dataclasses.fields(node)}
+    for name, value in data.items():
+        key = prefix + str(name)
+        if name not in names:
+            raise _unknown_key(key, where)
+        current = getattr(node, name)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value or {}, key + ".", where)
+        else:
+            setattr(node, name, _coerce(value, hints[name], key))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ScirlError(f"override '{text}' is not of the form key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a Config from a YAML recipe (the bundled tiny recipe when None) and dotted overrides, then validate."""
+    path = Path(recipe) if recipe is not None else BUILTIN_RECIPE
+    if not path.is_file():
+        raise ScirlError(f"recipe file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ScirlError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    cfg = Config()
+    _apply(cfg, data, "", f" in {path}")
+    for item in overrides:
+        key, value = parse_override(item)
+        nested: dict = {}
+        cursor = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            cursor = cursor.setdefault(part, {})
+        cursor[parts[-1]] = value
+        if key not in all_keys():
+            raise _unknown_key(key, " on the command line")
+        _apply(cfg, nested, "", " on the command line")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Reject combinations that cannot run, naming the offending key."""
+    d, r, a, act, t = cfg.data, cfg.rollout, cfg.algorithm, cfg.actor, cfg.trainer
+    if a.adv_estimator == "grpo" and r.n < 2:
+        raise ScirlError(f"rollout.n={r.n}: GRPO needs at least 2 samples per prompt (set rollout.n >= 2)")
+    if d.train_batch_size < 1:
+        raise ScirlError(f"data.train_batch_size={d.train_batch_size} must be >= 1")
+    if act.ppo_mini_batch_size < 1 or d.train_batch_size % act.ppo_mini_batch_size:
+        raise ScirlError(
+            f"actor.ppo_mini_batch_size={act.ppo_mini_batch_size} must divide "
+            f"data.train_batch_size={d.train_batch_size}"
+        )
+    if act.ppo_micro_batch_size < 1:
+        raise ScirlError(f"actor.ppo_micro_batch_size={act.ppo_micro_batch_size} must be >= 1")
+    if a.clip_ratio_c <= 1.0:
+        raise ScirlError(f"algorithm.clip_ratio_c={a.clip_ratio_c} must be > 1 (dual-clip bound)")
+    if act.lr_scheduler not in ("constant", "cosine", "linear"):
+        raise ScirlError(f"actor.lr_scheduler='{act.lr_scheduler}' must be one of constant, cosine, linear")
+    if t.total_steps < 0 or r.max_new_tokens < 1 or r.val_n < 1 or act.ppo_epochs < 1:
+        raise ScirlError("trainer.total_steps, rollout.max_new_tokens, rollout.val_n, actor.ppo_epochs must be positive")
+    from scirl.algos import LOSS_AGG_MODES, get_advantage_estimator, get_policy_loss
+    from scirl.algos.registry import unknown_name_error
+    from scirl.rewards import get_reward
+
+    for key, lookup, name in [("algorithm.adv_estimator", get_advantage_estimator, a.adv_estimator),
+                              ("actor.policy_loss", get_policy_loss, act.policy_loss),
+                              ("reward.name", get_reward, cfg.reward.name)]:
+        try:
+            lookup(name)
+        except ScirlError as e:
+            raise ScirlError(f"{key}: {e}") from None
+    if act.loss_agg_mode not in LOSS_AGG_MODES:
+        raise ScirlError(f"actor.loss_agg_mode: {unknown_name_error('mode', act.loss_agg_mode, list(LOSS_AGG_MODES))}")
+    if t.device not in ("auto", "cpu", "cuda"):
+        raise ScirlError(f"trainer.device='{t.device}' must be one of auto, cpu, cuda")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

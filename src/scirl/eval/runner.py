@@ -1,0 +1,43 @@
+"""Validation: sample n responses per held-out prompt, grade them, and write `eval/step_<N>.json` (+ samples)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from scirl.data.sample import Sample
+from scirl.eval.metrics import compute_eval_metrics
+from scirl.rollout.base import SamplingParams
+
+
+def evaluate(engine, pool, samples: list[Sample], prompt_ids: list[list[int]], sampling: SamplingParams,
+             dataset: str, seed: int, reward_info: dict | None = None) -> tuple[dict, list[dict]]:
+    """Returns (eval JSON, per-sample rows). Sampling uses its own seeded RNG stream, so running validation
+    never changes the training run's random stream (a resumed run stays bitwise identical)."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        traj = engine.generate(prompt_ids, [str(i) for i in range(len(samples))], sampling)
+    rows = [samples[int(u)] for u in traj.uid]
+    results, stats = pool.score([(s, text, dict(reward_info or {})) for s, text in zip(rows, traj.texts)])
+    records = [
+        {"prompt_id": s.prompt_id, "data_source": s.data_source, "sample": j, "response": text,
+         "pred": r.pred, "score": float(r.score)}
+        for s, j, text, r in zip(rows, traj.sample_index, traj.texts, results)
+    ]
+    report = compute_eval_metrics(records, dataset)
+    report["reward_timeouts"] = stats.get("timeouts", 0)
+    return report, records
+
+
+def write_eval(run_dir: Path, step: int, report: dict, records: list[dict]) -> Path:
+    folder = Path(run_dir) / "eval"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step_{step}.json"
+    path.write_text(json.dumps(report, indent=2))
+    with open(folder / f"step_{step}_samples.jsonl", "w") as f:
+        for row in records:
+            f.write(json.dumps(row) + "\n")
+    return path

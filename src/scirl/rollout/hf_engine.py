@@ -1,0 +1,120 @@
+"""The `hf` rollout engine: transformers `generate` (KV cache, temperature / top-p sampling, n samples per prompt),
+returning token ids and per-token rollout log-probs. Token in, token out: nothing is re-tokenized downstream."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from scirl.rollout.base import SamplingParams, Trajectories
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+class HFRolloutEngine:
+    """Samples with `model.generate` on the actor's own module (colocated: no weight copy needed)."""
+
+    def __init__(self, model, tokenizer, max_batch_size: int = 1024):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.eos_ids = self._eos_ids()
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+
+    def _eos_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
+            ids.append(self.tokenizer.eos_token_id)
+        return ids
+
+    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """The hf engine samples from the training module itself, so there is nothing to sync."""
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], uids: list[str], sampling: SamplingParams) -> Trajectories:
+        rows = [(p, u, j) for p, u in zip(prompts, uids) for j in range(sampling.n)]
+        parts = [self._generate_chunk(rows[i : i + self.max_batch_size], sampling)
+                 for i in range(0, len(rows), self.max_batch_size)]
+        return parts[0] if len(parts) == 1 else concat_trajectories(parts, self.pad_id)
+
+    def _generate_chunk(self, rows, sampling: SamplingParams) -> Trajectories:
+        device = next(self.model.parameters()).device
+        prompt_ids, prompt_mask = left_pad([r[0] for r in rows], self.pad_id)
+        prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+        was_training = self.model.training
+        self.model.eval()
+        greedy = sampling.temperature <= 0
+        out = self.model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            top_p=None if greedy else sampling.top_p,
+            top_k=0,  # vLLM / verl default: no top-k
+            max_new_tokens=sampling.max_new_tokens,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        self.model.train(was_training)
+        response_ids = out.sequences[:, prompt_ids.shape[1] :]
+        # log pi(token) under the sampling temperature (before top-p), the quantity the trainer recomputes
+        logits = torch.stack(out.logits, dim=1).float()
+        if not greedy:
+            logits = logits / sampling.temperature
+        logprobs = torch.gather(F.log_softmax(logits, dim=-1), 2, response_ids.unsqueeze(-1)).squeeze(-1)
+        is_eos = torch.isin(response_ids, torch.tensor(self.eos_ids, device=device))
+        # a token is part of the response up to and including the first EOS
+        after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
+        response_mask = (~after_eos).float()
+        truncated = ~is_eos.any(1)
+        response_ids = response_ids.masked_fill(after_eos, self.pad_id)
+        logprobs = logprobs * response_mask
+        texts = self.tokenizer.batch_decode(
+            [ids[: int(m.sum())] for ids, m in zip(response_ids, response_mask)], skip_special_tokens=True
+        )
+        return Trajectories(
+            prompt_ids=prompt_ids.cpu(),
+            prompt_mask=prompt_mask.cpu(),
+            response_ids=response_ids.cpu(),
+            response_mask=response_mask.cpu(),
+            rollout_logprobs=logprobs.cpu(),
+            uid=[r[1] for r in rows],
+            sample_index=[r[2] for r in rows],
+            truncated=truncated.cpu(),
+            texts=texts,
+        )
+
+
+def concat_trajectories(parts: list[Trajectories], pad_id: int) -> Trajectories:
+    """Join chunks, re-padding prompts on the left and responses on the right to a common width."""
+    pw = max(p.prompt_ids.shape[1] for p in parts)
+    rw = max(p.response_ids.shape[1] for p in parts)
+
+    def lpad(x, w, v):
+        return F.pad(x, (w - x.shape[1], 0), value=v)
+
+    def rpad(x, w, v):
+        return F.pad(x, (0, w - x.shape[1]), value=v)
+
+    return Trajectories(
+        prompt_ids=torch.cat([lpad(p.prompt_ids, pw, pad_id) for p in parts]),
+        prompt_mask=torch.cat([lpad(p.prompt_mask, pw, 0) for p in parts]),
+        response_ids=torch.cat([rpad(p.response_ids, rw, pad_id) for p in parts]),
+        response_mask=torch.cat([rpad(p.response_mask, rw, 0.0) for p in parts]),
+        rollout_logprobs=torch.cat([rpad(p.rollout_logprobs, rw, 0.0) for p in parts]),
+        uid=[u for p in parts for u in p.uid],
+        sample_index=[s for p in parts for s in p.sample_index],
+        truncated=torch.cat([p.truncated for p in parts]),
+        texts=[t for p in parts for t in p.texts],
+    )

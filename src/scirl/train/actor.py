@@ -1,0 +1,131 @@
+"""The actor: owns the policy module, AdamW and the LR schedule; computes per-token log-probs and applies
+PPO-style updates (mini-batches, micro-batches with gradient accumulation, grad clipping, non-finite skip)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+
+from scirl.algos import aggregate_loss, get_policy_loss
+from scirl.config import Config
+from scirl.rollout.base import Trajectories
+
+
+def lr_lambda(warmup: int, total: int, kind: str, min_ratio: float):
+    def fn(step: int) -> float:  # step = number of scheduler.step() calls so far
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant" or total <= warmup:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1 - progress
+        return min_ratio + (1 - min_ratio) * decay
+
+    return fn
+
+
+def sequence_logprobs(model, prompt_ids, prompt_mask, response_ids, temperature: float, with_entropy: bool):
+    """log pi(response token | prefix) at `temperature` for each response position, and optionally the entropy."""
+    input_ids = torch.cat([prompt_ids, response_ids], dim=1)
+    attention = torch.cat([prompt_mask, torch.ones_like(response_ids)], dim=1)
+    position_ids = (attention.cumsum(1) - 1).clamp(min=0)  # left padding: positions start at the first real token
+    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids, use_cache=False).logits
+    logits = logits[:, prompt_ids.shape[1] - 1 : -1].float()
+    if temperature > 0:
+        logits = logits / temperature
+    lse = torch.logsumexp(logits, dim=-1)
+    logp = torch.gather(logits, 2, response_ids.unsqueeze(-1)).squeeze(-1) - lse
+    entropy = None
+    if with_entropy:
+        entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    return logp, entropy
+
+
+class Actor:
+    def __init__(self, model, cfg: Config):
+        self.model = model
+        self.cfg = cfg
+        act = cfg.actor
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=act.lr, betas=tuple(act.betas), weight_decay=act.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(act.warmup_steps, cfg.trainer.total_steps, act.lr_scheduler, act.min_lr_ratio)
+        )
+        self.policy_loss = get_policy_loss(act.policy_loss)
+        self.skipped_updates = 0  # optimizer steps skipped for a non-finite loss or grad norm (whole run)
+
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def _rows(self, traj: Trajectories, idx: torch.Tensor):
+        dev = self.device()
+        return traj.prompt_ids[idx].to(dev), traj.prompt_mask[idx].to(dev), traj.response_ids[idx].to(dev)
+
+    @torch.no_grad()
+    def logprobs(self, traj: Trajectories) -> torch.Tensor:
+        """Per-token log-probs under the current weights (no grad), micro-batched."""
+        chunks = []
+        for idx in torch.arange(len(traj)).split(self.cfg.actor.ppo_micro_batch_size):
+            lp, _ = sequence_logprobs(self.model, *self._rows(traj, idx), self.cfg.rollout.temperature, False)
+            chunks.append(lp.cpu())
+        return torch.cat(chunks) * traj.response_mask
+
+    def update(self, traj: Trajectories, advantages: torch.Tensor) -> dict[str, float]:
+        """One training step's policy update. Returns metrics averaged over optimizer steps."""
+        act, alg = self.cfg.actor, self.cfg.algorithm
+        rows_per_mini = act.ppo_mini_batch_size * self.cfg.rollout.n
+        num_mini = max(1, len(traj) // rows_per_mini)
+        # With one mini-batch and one epoch pi_old is the current policy: lp_old = sg(lp), saving a forward pass.
+        on_policy = act.ppo_epochs == 1 and num_mini == 1
+        old_logprobs = None if on_policy else self.logprobs(traj)
+        mask = traj.response_mask
+        sums: dict[str, float] = defaultdict(float)
+        self.model.train()
+        for _epoch in range(act.ppo_epochs):
+            for mini in torch.arange(len(traj)).split(rows_per_mini):
+                self.optimizer.zero_grad(set_to_none=True)
+                tokens = mask[mini].sum().clamp(min=1.0)
+                sequences = (mask[mini].sum(-1) > 0).sum().clamp(min=1)
+                denom = tokens if act.loss_agg_mode == "token-mean" else sequences
+                step_loss = 0.0
+                for micro in mini.split(act.ppo_micro_batch_size):
+                    m = mask[micro].to(self.device())
+                    adv = advantages[micro].to(m.device)
+                    logp, entropy = sequence_logprobs(
+                        self.model, *self._rows(traj, micro), self.cfg.rollout.temperature, True
+                    )
+                    old = logp.detach() if on_policy else old_logprobs[micro].to(m.device)
+                    per_token, pg_metrics = self.policy_loss(
+                        logp, old, adv, m, alg.clip_ratio_low, alg.clip_ratio_high, alg.clip_ratio_c
+                    )
+                    # normalise by the whole mini-batch, so summed micro-batch gradients equal one big batch
+                    agg = dict(mode=act.loss_agg_mode, max_len=self.cfg.rollout.max_new_tokens, denominator=denom)
+                    pg_loss = aggregate_loss(per_token, m, **agg)
+                    ent_loss = aggregate_loss(entropy, m, **agg)
+                    loss = pg_loss - act.entropy_coeff * ent_loss
+                    loss.backward()
+                    step_loss += float(loss.detach())
+                    weight = float(m.sum()) / float(tokens)
+                    sums["actor/pg_loss"] += float(pg_loss.detach())
+                    sums["actor/entropy"] += float((entropy.detach() * m).sum()) / float(tokens)
+                    for key, value in pg_metrics.items():
+                        sums[f"actor/{key}"] += float(value) * weight
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, act.grad_clip)
+                if math.isfinite(step_loss) and torch.isfinite(grad_norm):
+                    self.optimizer.step()
+                else:  # never apply a non-finite update; count it and move on
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.skipped_updates += 1
+                    sums["actor/skipped_updates"] += 1
+                sums["actor/grad_norm"] += float(grad_norm)
+                sums["actor/optimizer_steps"] += 1
+        steps = sums.pop("actor/optimizer_steps")
+        metrics = {k: v / steps for k, v in sums.items() if k != "actor/skipped_updates"}
+        metrics["actor/skipped_updates"] = sums.get("actor/skipped_updates", 0.0)
+        metrics["actor/lr"] = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        return metrics

@@ -1,0 +1,114 @@
+"""The run loop: set up (or resume) a run folder, validate, train for `trainer.total_steps`, checkpoint, summarise."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import numpy as np
+import torch
+
+from scirl.ckpt.checkpoint import find_resume_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
+from scirl.config import Config, save_config
+from scirl.data.datasets import PromptSampler, load_dataset_split, tokenize_prompts
+from scirl.eval.runner import evaluate, write_eval
+from scirl.log.console import StepProgress, console, summary_table
+from scirl.log.metrics_writer import MetricsWriter
+from scirl.rewards import RewardPool
+from scirl.rollout.base import SamplingParams
+from scirl.rollout.hf_engine import HFRolloutEngine
+from scirl.train.actor import Actor
+from scirl.train.model_loading import load_model_and_tokenizer, pick_device, resolve_model_path
+from scirl.train.step import StepContext, train_step
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_training(cfg: Config) -> dict:
+    t_start = time.perf_counter()
+    d, t = cfg.data, cfg.trainer
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    seed_everything(t.seed)
+    ckpt = find_resume_checkpoint(t.resume, run_dir)
+    resolve_model_path(str(ckpt) if ckpt else cfg.model.path)  # fail fast on a bad model.path
+    train_set = load_dataset_split(d.train, "train", d.train_size, d.seed)
+    val_set = load_dataset_split(d.val, "val", d.val_size, d.seed)
+    # reward workers are forked before the model and tokenizer spin up their threads
+    pool = RewardPool(cfg.reward.name, workers=cfg.reward.workers, timeout=cfg.reward.timeout)
+    model, tokenizer = load_model_and_tokenizer(str(ckpt) if ckpt else cfg.model.path, cfg.model.dtype,
+                                                pick_device(t.device), cfg.model.attn_implementation)
+    train_set, train_ids, dropped = tokenize_prompts(train_set, tokenizer, d.max_prompt_length, d.enable_thinking, "data.train")
+    val_set, val_ids, val_dropped = tokenize_prompts(val_set, tokenizer, d.max_prompt_length, d.enable_thinking, "data.val")
+    actor = Actor(model, cfg)
+    engine = HFRolloutEngine(model, tokenizer)
+    sampler = PromptSampler(len(train_set), d.train_batch_size, d.seed, d.shuffle)
+    start = 0
+    if ckpt:
+        state = load_trainer_state(ckpt)
+        actor.optimizer.load_state_dict(state["optimizer"])
+        actor.scheduler.load_state_dict(state["scheduler"])
+        actor.skipped_updates = state["skipped_updates"]
+        sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        start = state["step"]
+        console.print(f"resumed from {ckpt} (step {start})")
+    save_config(cfg, run_dir / "config.yaml")
+
+    val_sampling = SamplingParams(cfg.rollout.val_n, cfg.rollout.val_temperature, cfg.rollout.val_top_p,
+                                  cfg.rollout.max_new_tokens)
+
+    def validate(step: int) -> dict:
+        report, records = evaluate(engine, pool, val_set, val_ids, val_sampling, f"{d.val}-val",
+                                   seed=t.seed + 7919, reward_info=cfg.reward.kwargs)
+        report["step"] = step
+        write_eval(run_dir, step, report, records)
+        return report
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(run_dir, step, model, tokenizer, {
+            "optimizer": actor.optimizer.state_dict(), "scheduler": actor.scheduler.state_dict(),
+            "sampler": sampler.state_dict(), "skipped_updates": actor.skipped_updates,
+        })
+
+    ctx = StepContext(cfg, actor, engine, pool)
+    before_path = run_dir / "eval" / "step_0.json"
+    if dropped or val_dropped:
+        console.print(f"dropped {dropped} train / {val_dropped} val prompts longer than {d.max_prompt_length} tokens")
+    with pool, MetricsWriter(run_dir, resume_from_step=start) as writer:
+        before = json.loads(before_path.read_text()) if start and before_path.exists() else validate(0)
+        console.print(f"step 0 validation: {_fmt(before)}", highlight=False)
+        last_eval = before if start == 0 else None
+        with StepProgress(t.total_steps, start, t.progress) as progress:
+            for step in range(start + 1, t.total_steps + 1):
+                idx = sampler.next_batch()
+                metrics = train_step(ctx, [train_set[i] for i in idx], [train_ids[i] for i in idx])
+                metrics["data/epoch"] = sampler.epoch
+                writer.write(step, metrics)
+                progress.update(step, metrics)
+                if t.test_freq and step % t.test_freq == 0 or step == t.total_steps:
+                    last_eval = validate(step)
+                    progress.note(f"step {step} validation: {_fmt(last_eval)}")
+                if t.save_freq and step % t.save_freq == 0 or step == t.total_steps:
+                    checkpoint(step)
+        after = last_eval if last_eval is not None else validate(t.total_steps)
+    summary = {
+        "before": before, "after": after, "steps": t.total_steps,
+        "resumed_from_step": start, "wall_seconds": time.perf_counter() - t_start,
+        "skipped_updates": actor.skipped_updates,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    console.print(summary_table(summary, str(run_dir)))
+    return summary
+
+
+def _fmt(report: dict) -> str:
+    return "  ".join(f"{k} {v:.3f}" for k, v in report["metrics"].items() if k.split("@")[0] in ("mean", "pass", "maj")
+                     and k.endswith(f"@{report['n']}") or k == "pass@1")

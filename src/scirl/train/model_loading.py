@@ -1,0 +1,55 @@
+"""Loading a policy: resolve `builtin:<name>` / local folder / hub id, then the real `from_pretrained` calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from scirl.errors import ScirlError
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_model_path(path: str) -> str:
+    """`builtin:tiny-qwen3` -> the bundled folder; an existing folder -> itself; otherwise a hub id (or an error)."""
+    if path.startswith("builtin:"):
+        folder = ASSETS / path.split(":", 1)[1]
+        if not (folder / "config.json").is_file():
+            known = sorted(p.name for p in ASSETS.iterdir() if (p / "config.json").is_file())
+            raise ScirlError(f"model.path: no bundled model '{path}' (bundled: {', '.join(known) or 'none'})")
+        return str(folder)
+    local = Path(path).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise ScirlError(f"model.path: {local} has no config.json (not a transformers model folder)")
+        return str(local)
+    looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise ScirlError(f"model.path: model path not found: {path}")
+    return path
+
+
+def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "cpu", attn: str = "sdpa"):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    resolved = resolve_model_path(path)
+    if dtype not in DTYPES:
+        raise ScirlError(f"model.dtype='{dtype}' must be one of {', '.join(DTYPES)}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved)
+        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=DTYPES[dtype], attn_implementation=attn)
+    except OSError as e:  # hub unreachable, missing files...
+        raise ScirlError(f"model.path: cannot load '{path}': {str(e).splitlines()[0]}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device), tokenizer
+
+
+def pick_device(choice: str) -> str:
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ScirlError("trainer.device=cuda but no CUDA device is available")
+    return choice

@@ -1,0 +1,30 @@
+"""Shared fixtures: the bundled tiny model, small fast configs, the shared data folder (skip when absent)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+torch.set_num_threads(2)
+
+
+def small_overrides(tmp_path, **extra) -> list[str]:
+    base = {
+        "trainer.output_dir": str(tmp_path), "trainer.run_name": "t", "trainer.total_steps": 2,
+        "trainer.test_freq": 0, "trainer.save_freq": 0, "trainer.progress": False,
+        "data.train_size": 64, "data.val_size": 8, "data.train_batch_size": 4,
+        "actor.ppo_mini_batch_size": 4, "actor.ppo_micro_batch_size": 8,
+        "rollout.n": 4, "rollout.val_n": 4, "rollout.max_new_tokens": 40, "reward.workers": 1,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_and_tokenizer():
+    from scirl.train.model_loading import load_model_and_tokenizer
+
+    return load_model_and_tokenizer("builtin:tiny-qwen3")
