@@ -62,3 +62,36 @@ def test_chunked_generation_concatenates(tiny_model_and_tokenizer):
     traj = engine.generate(ids, ["a", "b", "c"], SamplingParams(n=3, max_new_tokens=16))
     assert len(traj) == 9 and traj.prompt_ids.shape[0] == 9 and len(traj.texts) == 9
     assert traj.response_mask.shape == traj.rollout_logprobs.shape == traj.response_ids.shape
+
+
+def test_shared_prompt_prefill_gives_identical_samples(tiny_model_and_tokenizer):
+    model, tok = tiny_model_and_tokenizer
+    _, ids, _ = _prompts(tok, 3)
+    engine = HFRolloutEngine(model, tok)
+    sampling = SamplingParams(n=4, max_new_tokens=32)
+    torch.manual_seed(5)
+    shared = engine.generate(ids, ["a", "b", "c"], sampling)
+    engine._shared_prompt_cache = lambda *a: None  # the plain path: every row prefills its own prompt
+    torch.manual_seed(5)
+    plain = engine.generate(ids, ["a", "b", "c"], sampling)
+    assert torch.equal(shared.response_ids, plain.response_ids)
+    assert torch.allclose(shared.rollout_logprobs, plain.rollout_logprobs, atol=1e-5)
+
+
+def test_shared_prefix_training_forward_matches_plain_forward(tiny_model_and_tokenizer):
+    model, tok = tiny_model_and_tokenizer
+    _, ids, _ = _prompts(tok, 3)
+    torch.manual_seed(1)
+    traj = HFRolloutEngine(model, tok).generate(ids, ["a", "b", "c"], SamplingParams(n=4, max_new_tokens=32))
+    results = []
+    for shared in (True, False):
+        model.zero_grad()
+        lp, ent = sequence_logprobs(model, traj.prompt_ids, traj.prompt_mask, traj.response_ids, 1.0, "grad",
+                                    shared_prefix=shared)
+        ((lp * traj.response_mask).sum() + 0.1 * (ent * traj.response_mask).sum()).backward()
+        results.append((lp.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    model.zero_grad()
+    mask = traj.response_mask.bool()
+    assert torch.allclose(results[0][0][mask], results[1][0][mask], atol=1e-5)
+    assert results[1][1].abs().max() > 1.0
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-4, rtol=1e-4)

@@ -68,7 +68,12 @@ def test_resume_is_bitwise_identical(tmp_path):
     assert any(not torch.equal(first[k], a[k]) for k in a)  # training did move the weights
     steps = [json.loads(x)["step"] for x in (part / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
-    assert (full / "metrics.jsonl").read_text().splitlines()[3] == (part / "metrics.jsonl").read_text().splitlines()[3]
+    # the resumed step logs the same numbers as the uninterrupted one (wall-clock timings aside)
+    def last(run):
+        row = json.loads((run / "metrics.jsonl").read_text().splitlines()[3])
+        return {k: v for k, v in row.items() if not k.startswith("timing/")}
+
+    assert last(full) == last(part)
 
 
 def test_non_finite_loss_is_skipped_and_counted(tmp_path):

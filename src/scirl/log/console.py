@@ -39,7 +39,7 @@ class StepProgress:
         (self.progress.console if self.live else console).print(text, highlight=False)
 
 
-def summary_table(summary: dict, run_dir: str) -> Table:
+def summary_table(summary: dict) -> Table:
     before, after = summary["before"]["metrics"], summary["after"]["metrics"]
     n = summary["after"]["n"]
     table = Table(title="held-out validation", show_lines=False)
@@ -50,6 +50,9 @@ def summary_table(summary: dict, run_dir: str) -> Table:
     for key in (f"mean@{n}", f"pass@{n}", f"maj@{n}", f"best@{n}", "pass@1"):
         if key in before and key in after:
             table.add_row(key, f"{before[key]:.3f}", f"{after[key]:.3f}", f"{after[key] - before[key]:+.3f}")
-    table.caption = (f"{summary['steps']} steps in {summary['wall_seconds']:.0f} s "
-                     f"({summary['skipped_updates']} updates skipped)  ·  run folder: {run_dir}")
     return table
+
+
+def summary_footer(summary: dict, run_dir: str) -> str:
+    return (f"{summary['steps']} steps in {summary['wall_seconds']:.0f} s "
+            f"({summary['skipped_updates']} updates skipped) · run folder: {run_dir}")

@@ -39,6 +39,21 @@ class HFRolloutEngine:
     def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """The hf engine samples from the training module itself, so there is nothing to sync."""
 
+    def _shared_prompt_cache(self, rows, width: int, device):
+        """Prefill each distinct prompt once (not n times) and fan its KV cache out to its n samples.
+
+        `generate` then only runs the last prompt token per row; the samples are identical to a plain call."""
+        unique, index = _dedup_consecutive([r[0] for r in rows])
+        if len(unique) == len(rows) or width < 2:
+            return None
+        ids, mask = left_pad(unique, self.pad_id)
+        ids, mask = F.pad(ids, (width - ids.shape[1], 0), value=self.pad_id), F.pad(mask, (width - mask.shape[1], 0))
+        ids, mask = ids[:, :-1].to(device), mask[:, :-1].to(device)
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate computes them
+        cache = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True).past_key_values
+        cache.reorder_cache(torch.tensor(index, device=device))
+        return cache
+
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], uids: list[str], sampling: SamplingParams) -> Trajectories:
         rows = [(p, u, j) for p, u in zip(prompts, uids) for j in range(sampling.n)]
@@ -56,6 +71,7 @@ class HFRolloutEngine:
         out = self.model.generate(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
+            past_key_values=self._shared_prompt_cache(rows, prompt_ids.shape[1], device),
             do_sample=not greedy,
             temperature=None if greedy else sampling.temperature,
             top_p=None if greedy else sampling.top_p,
@@ -94,6 +110,15 @@ class HFRolloutEngine:
             truncated=truncated.cpu(),
             texts=texts,
         )
+
+
+def _dedup_consecutive(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    unique, index = [], []
+    for p in prompts:
+        if not unique or unique[-1] is not p and unique[-1] != p:
+            unique.append(p)
+        index.append(len(unique) - 1)
+    return unique, index
 
 
 def concat_trajectories(parts: list[Trajectories], pad_id: int) -> Trajectories:

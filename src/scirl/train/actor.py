@@ -26,21 +26,52 @@ def lr_lambda(warmup: int, total: int, kind: str, min_ratio: float):
     return fn
 
 
-def sequence_logprobs(model, prompt_ids, prompt_mask, response_ids, temperature: float, with_entropy: bool):
-    """log pi(response token | prefix) at `temperature` for each response position, and optionally the entropy."""
-    input_ids = torch.cat([prompt_ids, response_ids], dim=1)
-    attention = torch.cat([prompt_mask, torch.ones_like(response_ids)], dim=1)
-    position_ids = (attention.cumsum(1) - 1).clamp(min=0)  # left padding: positions start at the first real token
-    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids, use_cache=False).logits
-    logits = logits[:, prompt_ids.shape[1] - 1 : -1].float()
+def sequence_logprobs(model, prompt_ids, prompt_mask, response_ids, temperature: float, with_entropy: bool | str,
+                      shared_prefix: bool = True):
+    """log pi(response token | prefix) at `temperature` for each response position, and optionally the entropy.
+
+    With `shared_prefix`, rows that share a prompt (the n samples of a GRPO group) run the prompt through the
+    model once; its KV cache is fanned out to every row and gradients flow back through it. Same math as the
+    plain path (a test checks log-probs and gradients), about half the tokens when prompts are long.
+    """
+    keys = torch.cat([prompt_ids, prompt_mask], dim=1)
+    unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    if shared_prefix and len(unique) < len(keys):
+        logits = _shared_prefix_logits(model, unique[:, : prompt_ids.shape[1]], unique[:, prompt_ids.shape[1] :],
+                                       inverse, prompt_mask, response_ids)
+    else:
+        input_ids = torch.cat([prompt_ids, response_ids], dim=1)
+        attention = torch.cat([prompt_mask, torch.ones_like(response_ids)], dim=1)
+        position_ids = (attention.cumsum(1) - 1).clamp(min=0)  # left padding: positions start at the first real token
+        logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids, use_cache=False,
+                       logits_to_keep=response_ids.shape[1] + 1).logits[:, :-1]
+    logits = logits.float()
     if temperature > 0:
         logits = logits / temperature
     lse = torch.logsumexp(logits, dim=-1)
     logp = torch.gather(logits, 2, response_ids.unsqueeze(-1)).squeeze(-1) - lse
     entropy = None
-    if with_entropy:
-        entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    if with_entropy:  # with_entropy="grad" keeps it in the graph (entropy bonus); True computes it as a metric
+        with torch.set_grad_enabled(with_entropy == "grad" and torch.is_grad_enabled()):
+            entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
     return logp, entropy
+
+
+def _shared_prefix_logits(model, u_ids, u_mask, inverse, prompt_mask, response_ids):
+    """Logits for every response position, computing each distinct prompt once (see sequence_logprobs)."""
+    u_pos = (u_mask.cumsum(1) - 1).clamp(min=0)
+    out = model(input_ids=u_ids, attention_mask=u_mask, position_ids=u_pos, use_cache=True, logits_to_keep=1)
+    first = out.logits[:, -1][inverse].unsqueeze(1)  # predicts response token 0
+    if response_ids.shape[1] == 1:
+        return first
+    cache = out.past_key_values
+    cache.reorder_cache(inverse)  # index_select: differentiable fan-out of the prompt's keys/values to every row
+    steps = response_ids.shape[1] - 1
+    attention = torch.cat([prompt_mask, torch.ones_like(response_ids[:, :steps])], dim=1)
+    position_ids = prompt_mask.sum(1, keepdim=True) + torch.arange(steps, device=prompt_mask.device)
+    rest = model(input_ids=response_ids[:, :steps], attention_mask=attention, position_ids=position_ids,
+                 past_key_values=cache, use_cache=True).logits
+    return torch.cat([first, rest], dim=1)
 
 
 class Actor:
@@ -96,7 +127,8 @@ class Actor:
                     m = mask[micro].to(self.device())
                     adv = advantages[micro].to(m.device)
                     logp, entropy = sequence_logprobs(
-                        self.model, *self._rows(traj, micro), self.cfg.rollout.temperature, True
+                        self.model, *self._rows(traj, micro), self.cfg.rollout.temperature,
+                        "grad" if act.entropy_coeff else True,
                     )
                     old = logp.detach() if on_policy else old_logprobs[micro].to(m.device)
                     per_token, pg_metrics = self.policy_loss(

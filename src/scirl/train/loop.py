@@ -8,12 +8,13 @@ import time
 
 import numpy as np
 import torch
+from transformers.utils import logging as transformers_logging
 
 from scirl.ckpt.checkpoint import find_resume_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
 from scirl.config import Config, save_config
 from scirl.data.datasets import PromptSampler, load_dataset_split, tokenize_prompts
 from scirl.eval.runner import evaluate, write_eval
-from scirl.log.console import StepProgress, console, summary_table
+from scirl.log.console import StepProgress, console, summary_footer, summary_table
 from scirl.log.metrics_writer import MetricsWriter
 from scirl.rewards import RewardPool
 from scirl.rollout.base import SamplingParams
@@ -31,6 +32,7 @@ def seed_everything(seed: int) -> None:
 
 def run_training(cfg: Config) -> dict:
     t_start = time.perf_counter()
+    transformers_logging.disable_progress_bar()  # our own progress bar is the one that matters
     d, t = cfg.data, cfg.trainer
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +107,8 @@ def run_training(cfg: Config) -> dict:
         "skipped_updates": actor.skipped_updates,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    console.print(summary_table(summary, str(run_dir)))
+    console.print(summary_table(summary))
+    console.print(summary_footer(summary, str(run_dir)), highlight=False, soft_wrap=True)
     return summary
 
 
