@@ -245,6 +245,8 @@ def validate(cfg: Config) -> None:
             raise ScirlError(f"{key}: {e}") from None
     if act.loss_agg_mode not in LOSS_AGG_MODES:
         raise ScirlError(f"actor.loss_agg_mode: {unknown_name_error('mode', act.loss_agg_mode, list(LOSS_AGG_MODES))}")
+    if r.engine != "hf":
+        raise ScirlError(f"rollout.engine='{r.engine}' is not available (available: hf)")
     if t.device not in ("auto", "cpu", "cuda"):
         raise ScirlError(f"trainer.device='{t.device}' must be one of auto, cpu, cuda")
 
