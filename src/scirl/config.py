@@ -233,7 +233,7 @@ def validate(cfg: Config) -> None:
     if t.total_steps < 0 or r.max_new_tokens < 1 or r.val_n < 1 or act.ppo_epochs < 1:
         raise ScirlError("trainer.total_steps, rollout.max_new_tokens, rollout.val_n, actor.ppo_epochs must be positive")
     from scirl.algos import LOSS_AGG_MODES, get_advantage_estimator, get_policy_loss
-    from scirl.algos.registry import unknown_name_error
+    from scirl.registry import unknown_name_error
     from scirl.rewards import get_reward
 
     for key, lookup, name in [("algorithm.adv_estimator", get_advantage_estimator, a.adv_estimator),

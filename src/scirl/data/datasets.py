@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Callable
 
 import torch
 
 from scirl.data.sample import Sample
 from scirl.errors import ScirlError
+from scirl.registry import lookup, register_in
 
 # name -> loader(split, size, seed) -> list[Sample]
 DATASETS: dict[str, Callable[[str, int, int], list[Sample]]] = {}
 
 
 def register_dataset(name: str):
-    def wrap(fn):
-        DATASETS[name] = fn
-        return fn
-
-    return wrap
+    return register_in(DATASETS, "dataset", name)
 
 
 @register_dataset("tiny_physics")
@@ -30,11 +26,11 @@ def _tiny_physics(split: str, size: int, seed: int) -> list[Sample]:
 
 
 def load_dataset_split(name: str, split: str, size: int, seed: int) -> list[Sample]:
-    if name not in DATASETS:
-        close = difflib.get_close_matches(name, DATASETS, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ScirlError(f"data.{split}: unknown dataset '{name}'{hint}; known: {', '.join(sorted(DATASETS))}")
-    samples = DATASETS[name](split, size, seed)
+    try:
+        loader = lookup(DATASETS, "dataset", name)
+    except ScirlError as e:
+        raise ScirlError(f"data.{split}: {e}") from None
+    samples = loader(split, size, seed)
     if not samples:
         raise ScirlError(f"data.{split}: dataset '{name}' is empty (size={size})")
     return samples

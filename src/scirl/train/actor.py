@@ -4,6 +4,7 @@ PPO-style updates (mini-batches, micro-batches with gradient accumulation, grad 
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 
 import torch
@@ -159,5 +160,7 @@ class Actor:
         metrics = {k: v / steps for k, v in sums.items() if k != "actor/skipped_updates"}
         metrics["actor/skipped_updates"] = sums.get("actor/skipped_updates", 0.0)
         metrics["actor/lr"] = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
+        with warnings.catch_warnings():  # torch warns when every optimizer step of this training step was skipped
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            self.scheduler.step()
         return metrics
