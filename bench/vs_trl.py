@@ -48,11 +48,11 @@ def run_scirl(steps: int, warmup: int) -> list[float]:
     pool = RewardPool(cfg.reward.name, workers=cfg.reward.workers, timeout=cfg.reward.timeout)
     model, tok = load_model_and_tokenizer(cfg.model.path)
     batch, ids, _ = tokenize_prompts(problems(), tok, 256, True, "bench")
-    ctx = StepContext(cfg, Actor(model, cfg), HFRolloutEngine(model, tok), pool)
+    ctx = StepContext(cfg, Actor(model, cfg), HFRolloutEngine(model, tok), pool, lambda: (batch, ids))
     times = []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        metrics = train_step(ctx, batch, ids)
+        metrics = train_step(ctx)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
             print(f"  scirl step {i - warmup}: {times[-1]:.3f}s  len {metrics['response/length_mean']:.1f}",

@@ -54,20 +54,64 @@ class RolloutConfig:
 
 
 @dataclass
+class OverlongBufferConfig:
+    """DAPO overlong reward shaping: R -= factor * (len - (max_new_tokens - len_buffer)) / len_buffer past the soft limit."""
+
+    enable: bool = False
+    len: int = 16
+    penalty_factor: float = 1.0
+
+
+@dataclass
+class KLControlConfig:
+    type: str = "fixed"  # fixed | adaptive
+    kl_coef: float = 0.001
+    target_kl: float = 0.1
+    horizon: int = 10000
+
+
+@dataclass
+class RolloutCorrectionConfig:
+    """Truncated importance sampling (lp_old - lp_rollout) and rejection sampling, as verl's rollout_correction."""
+
+    rollout_is: str | None = None  # null | token | sequence
+    rollout_is_threshold: float = 2.0
+    rollout_rs: str | None = None  # null | token_k1 | seq_sum_k1 | seq_mean_k1 | seq_mean_k3 | seq_max_k2
+    rollout_rs_threshold: float = 2.0
+
+
+@dataclass
+class FilterGroupsConfig:
+    """DAPO dynamic sampling: drop groups whose metric has zero std, keep sampling until the batch is full."""
+
+    enable: bool = False
+    metric: str = "acc"  # acc | score (score includes overlong shaping and KL-in-reward)
+    max_num_gen_batches: int = 10  # 0: unlimited
+
+
+@dataclass
 class RewardConfig:
     name: str = "boxed_numeric"
     workers: int = 1  # reward worker processes; 0 runs inline (no timeout enforcement)
     timeout: float = 10.0  # seconds per call; a call past it is killed and scores 0
     kwargs: dict = field(default_factory=dict)  # passed to the reward as `info`
+    overlong_buffer: OverlongBufferConfig = field(default_factory=OverlongBufferConfig)
 
 
 @dataclass
 class AlgorithmConfig:
-    adv_estimator: str = "grpo"
+    adv_estimator: str = "grpo"  # grpo | rloo | reinforce_plus_plus | reinforce_plus_plus_baseline | opd_token
     norm_adv_by_std_in_grpo: bool = True  # False = Dr.GRPO
+    gamma: float = 1.0  # discount for reinforce_plus_plus
     clip_ratio_low: float = 0.2
     clip_ratio_high: float = 0.2
     clip_ratio_c: float = 3.0  # dual-clip bound, must be > 1
+    use_kl_in_reward: bool = False
+    kl_penalty: str = "kl"  # estimator for KL-in-reward
+    kl_ctrl: KLControlConfig = field(default_factory=KLControlConfig)
+    rollout_correction: RolloutCorrectionConfig = field(default_factory=RolloutCorrectionConfig)
+    filter_groups: FilterGroupsConfig = field(default_factory=FilterGroupsConfig)
+    overlong_filtering: bool = False  # mask truncated responses out of the loss
 
 
 @dataclass
@@ -85,6 +129,9 @@ class ActorConfig:
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0
     entropy_coeff: float = 0.0
+    use_kl_loss: bool = False
+    kl_loss_coef: float = 0.001
+    kl_loss_type: str = "low_var_kl"
 
 
 @dataclass
@@ -140,6 +187,11 @@ def _unknown_key(key: str, where: str) -> ScirlError:
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check/convert a YAML value to the field's declared type; no silent rewriting beyond int -> float."""
+    args = typing.get_args(annotation)
+    if type(None) in args:  # `X | None`: null is fine, anything else must be an X
+        if value is None:
+            return None
+        annotation = next(a for a in args if a is not type(None))
     kind = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict}.get(
         annotation if isinstance(annotation, str) else getattr(annotation, "__name__", ""), None
     )
@@ -208,47 +260,10 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[s
         if key not in all_keys():
             raise _unknown_key(key, " on the command line")
         _apply(cfg, nested, "", " on the command line")
+    from scirl.config_checks import validate  # needs the registries (torch); the schema does not
+
     validate(cfg)
     return cfg
-
-
-def validate(cfg: Config) -> None:
-    """Reject combinations that cannot run, naming the offending key."""
-    d, r, a, act, t = cfg.data, cfg.rollout, cfg.algorithm, cfg.actor, cfg.trainer
-    if a.adv_estimator == "grpo" and r.n < 2:
-        raise ScirlError(f"rollout.n={r.n}: GRPO needs at least 2 samples per prompt (set rollout.n >= 2)")
-    if d.train_batch_size < 1:
-        raise ScirlError(f"data.train_batch_size={d.train_batch_size} must be >= 1")
-    if act.ppo_mini_batch_size < 1 or d.train_batch_size % act.ppo_mini_batch_size:
-        raise ScirlError(
-            f"actor.ppo_mini_batch_size={act.ppo_mini_batch_size} must divide "
-            f"data.train_batch_size={d.train_batch_size}"
-        )
-    if act.ppo_micro_batch_size < 1:
-        raise ScirlError(f"actor.ppo_micro_batch_size={act.ppo_micro_batch_size} must be >= 1")
-    if a.clip_ratio_c <= 1.0:
-        raise ScirlError(f"algorithm.clip_ratio_c={a.clip_ratio_c} must be > 1 (dual-clip bound)")
-    if act.lr_scheduler not in ("constant", "cosine", "linear"):
-        raise ScirlError(f"actor.lr_scheduler='{act.lr_scheduler}' must be one of constant, cosine, linear")
-    if t.total_steps < 0 or r.max_new_tokens < 1 or r.val_n < 1 or act.ppo_epochs < 1:
-        raise ScirlError("trainer.total_steps, rollout.max_new_tokens, rollout.val_n, actor.ppo_epochs must be positive")
-    from scirl.algos import LOSS_AGG_MODES, get_advantage_estimator, get_policy_loss
-    from scirl.registry import unknown_name_error
-    from scirl.rewards import get_reward
-
-    for key, lookup, name in [("algorithm.adv_estimator", get_advantage_estimator, a.adv_estimator),
-                              ("actor.policy_loss", get_policy_loss, act.policy_loss),
-                              ("reward.name", get_reward, cfg.reward.name)]:
-        try:
-            lookup(name)
-        except ScirlError as e:
-            raise ScirlError(f"{key}: {e}") from None
-    if act.loss_agg_mode not in LOSS_AGG_MODES:
-        raise ScirlError(f"actor.loss_agg_mode: {unknown_name_error('mode', act.loss_agg_mode, list(LOSS_AGG_MODES))}")
-    if r.engine != "hf":
-        raise ScirlError(f"rollout.engine='{r.engine}' is not available (available: hf)")
-    if t.device not in ("auto", "cpu", "cuda"):
-        raise ScirlError(f"trainer.device='{t.device}' must be one of auto, cpu, cuda")
 
 
 def to_dict(cfg: Config) -> dict:

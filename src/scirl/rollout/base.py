@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass
@@ -33,10 +34,50 @@ class Trajectories:
     sample_index: list[int]
     truncated: torch.Tensor  # [B] bool: hit max_new_tokens without EOS
     texts: list[str] = field(default_factory=list)  # decoded responses (for rewards/logging only)
+    pad_id: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
+
+    def select(self, rows: list[int]) -> "Trajectories":
+        """The given rows, in that order (same padding widths)."""
+        idx = torch.tensor(rows, dtype=torch.long)
+        return Trajectories(
+            prompt_ids=self.prompt_ids[idx], prompt_mask=self.prompt_mask[idx], response_ids=self.response_ids[idx],
+            response_mask=self.response_mask[idx], rollout_logprobs=self.rollout_logprobs[idx],
+            uid=[self.uid[i] for i in rows], sample_index=[self.sample_index[i] for i in rows],
+            truncated=self.truncated[idx], texts=[self.texts[i] for i in rows] if self.texts else [],
+            pad_id=self.pad_id,
+        )
+
+    @staticmethod
+    def concat(parts: list["Trajectories"]) -> "Trajectories":
+        """Join batches, re-padding prompts on the left and responses on the right to a common width."""
+        if len(parts) == 1:
+            return parts[0]
+        pad_id = parts[0].pad_id
+        pw = max(p.prompt_ids.shape[1] for p in parts)
+        rw = max(p.response_ids.shape[1] for p in parts)
+
+        def left(x, value):
+            return F.pad(x, (pw - x.shape[1], 0), value=value)
+
+        def right(x, value):
+            return F.pad(x, (0, rw - x.shape[1]), value=value)
+
+        return Trajectories(
+            prompt_ids=torch.cat([left(p.prompt_ids, pad_id) for p in parts]),
+            prompt_mask=torch.cat([left(p.prompt_mask, 0) for p in parts]),
+            response_ids=torch.cat([right(p.response_ids, pad_id) for p in parts]),
+            response_mask=torch.cat([right(p.response_mask, 0.0) for p in parts]),
+            rollout_logprobs=torch.cat([right(p.rollout_logprobs, 0.0) for p in parts]),
+            uid=[u for p in parts for u in p.uid],
+            sample_index=[s for p in parts for s in p.sample_index],
+            truncated=torch.cat([p.truncated for p in parts]),
+            texts=[t for p in parts for t in p.texts],
+            pad_id=pad_id,
+        )
 
     @property
     def response_lengths(self) -> torch.Tensor:

@@ -59,7 +59,7 @@ class HFRolloutEngine:
         rows = [(p, u, j) for p, u in zip(prompts, uids) for j in range(sampling.n)]
         parts = [self._generate_chunk(rows[i : i + self.max_batch_size], sampling)
                  for i in range(0, len(rows), self.max_batch_size)]
-        return parts[0] if len(parts) == 1 else concat_trajectories(parts, self.pad_id)
+        return Trajectories.concat(parts)
 
     def _generate_chunk(self, rows, sampling: SamplingParams) -> Trajectories:
         device = next(self.model.parameters()).device
@@ -109,6 +109,7 @@ class HFRolloutEngine:
             sample_index=[r[2] for r in rows],
             truncated=truncated.cpu(),
             texts=texts,
+            pad_id=self.pad_id,
         )
 
 
@@ -119,27 +120,3 @@ def _dedup_consecutive(prompts: list[list[int]]) -> tuple[list[list[int]], list[
             unique.append(p)
         index.append(len(unique) - 1)
     return unique, index
-
-
-def concat_trajectories(parts: list[Trajectories], pad_id: int) -> Trajectories:
-    """Join chunks, re-padding prompts on the left and responses on the right to a common width."""
-    pw = max(p.prompt_ids.shape[1] for p in parts)
-    rw = max(p.response_ids.shape[1] for p in parts)
-
-    def lpad(x, w, v):
-        return F.pad(x, (w - x.shape[1], 0), value=v)
-
-    def rpad(x, w, v):
-        return F.pad(x, (0, w - x.shape[1]), value=v)
-
-    return Trajectories(
-        prompt_ids=torch.cat([lpad(p.prompt_ids, pw, pad_id) for p in parts]),
-        prompt_mask=torch.cat([lpad(p.prompt_mask, pw, 0) for p in parts]),
-        response_ids=torch.cat([rpad(p.response_ids, rw, pad_id) for p in parts]),
-        response_mask=torch.cat([rpad(p.response_mask, rw, 0.0) for p in parts]),
-        rollout_logprobs=torch.cat([rpad(p.rollout_logprobs, rw, 0.0) for p in parts]),
-        uid=[u for p in parts for u in p.uid],
-        sample_index=[s for p in parts for s in p.sample_index],
-        truncated=torch.cat([p.truncated for p in parts]),
-        texts=[t for p in parts for t in p.texts],
-    )

@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import torch
 
-from scirl.algos import aggregate_loss, get_policy_loss
+from scirl.algos import aggregate_loss, get_policy_loss, kl_penalty, masked_mean
 from scirl.config import Config
 from scirl.rollout.base import Trajectories
 
@@ -75,6 +75,17 @@ def _shared_prefix_logits(model, u_ids, u_mask, inverse, prompt_mask, response_i
     return torch.cat([first, rest], dim=1)
 
 
+@torch.no_grad()
+def batched_logprobs(model, traj: Trajectories, micro_batch_size: int, temperature: float) -> torch.Tensor:
+    """Per-token log-probs of `traj`'s responses under `model`, micro-batched, on CPU, zero on padding."""
+    device = next(model.parameters()).device
+    chunks = []
+    for idx in torch.arange(len(traj)).split(micro_batch_size):
+        rows = (traj.prompt_ids[idx].to(device), traj.prompt_mask[idx].to(device), traj.response_ids[idx].to(device))
+        chunks.append(sequence_logprobs(model, *rows, temperature, False)[0].cpu())
+    return torch.cat(chunks) * traj.response_mask
+
+
 class Actor:
     def __init__(self, model, cfg: Config):
         self.model = model
@@ -99,54 +110,46 @@ class Actor:
 
     @torch.no_grad()
     def logprobs(self, traj: Trajectories) -> torch.Tensor:
-        """Per-token log-probs under the current weights (no grad), micro-batched."""
-        chunks = []
-        for idx in torch.arange(len(traj)).split(self.cfg.actor.ppo_micro_batch_size):
-            lp, _ = sequence_logprobs(self.model, *self._rows(traj, idx), self.cfg.rollout.temperature, False)
-            chunks.append(lp.cpu())
-        return torch.cat(chunks) * traj.response_mask
+        """Per-token log-probs under the current weights (no grad), micro-batched: lp_old."""
+        return batched_logprobs(self.model, traj, self.cfg.actor.ppo_micro_batch_size, self.cfg.rollout.temperature)
 
-    def update(self, traj: Trajectories, advantages: torch.Tensor) -> dict[str, float]:
-        """One training step's policy update. Returns metrics averaged over optimizer steps."""
-        act, alg = self.cfg.actor, self.cfg.algorithm
-        rows_per_mini = act.ppo_mini_batch_size * self.cfg.rollout.n
-        num_mini = max(1, len(traj) // rows_per_mini)
-        # With one mini-batch and one epoch pi_old is the current policy: lp_old = sg(lp), saving a forward pass.
-        on_policy = act.ppo_epochs == 1 and num_mini == 1
-        old_logprobs = None if on_policy else self.logprobs(traj)
-        mask = traj.response_mask
+    def needs_old_logprobs(self, num_rows: int) -> bool:
+        """lp_old must be recomputed unless there is one mini-batch and one epoch (then lp_old = sg(lp))."""
+        return self.cfg.actor.ppo_epochs > 1 or num_rows > self.cfg.actor.ppo_mini_batch_size * self.cfg.rollout.n
+
+    def update(self, traj: Trajectories, advantages: torch.Tensor, old_logprobs: torch.Tensor | None = None,
+               ref_logprobs: torch.Tensor | None = None, is_weights: torch.Tensor | None = None,
+               loss_mask: torch.Tensor | None = None) -> dict[str, float]:
+        """One training step's policy update. Returns metrics averaged over optimizer steps.
+
+        old_logprobs: lp_old (required unless one mini-batch and one epoch, where lp_old = sg(lp));
+        ref_logprobs: for the KL loss; is_weights: rollout-correction weights; loss_mask: the response mask
+        after rejection sampling / overlong filtering (defaults to traj.response_mask)."""
+        act = self.cfg.actor
+        if old_logprobs is None and self.needs_old_logprobs(len(traj)):
+            old_logprobs = self.logprobs(traj)
+        if act.use_kl_loss and ref_logprobs is None:
+            raise ValueError("actor.use_kl_loss needs ref_logprobs")
+        mask = traj.response_mask if loss_mask is None else loss_mask
         sums: dict[str, float] = defaultdict(float)
         self.model.train()
         for _epoch in range(act.ppo_epochs):
-            for mini in torch.arange(len(traj)).split(rows_per_mini):
+            for mini in torch.arange(len(traj)).split(act.ppo_mini_batch_size * self.cfg.rollout.n):
                 self.optimizer.zero_grad(set_to_none=True)
                 tokens = mask[mini].sum().clamp(min=1.0)
                 sequences = (mask[mini].sum(-1) > 0).sum().clamp(min=1)
+                # normalise by the whole mini-batch, so summed micro-batch gradients equal one big batch
                 denom = tokens if act.loss_agg_mode == "token-mean" else sequences
                 step_loss = 0.0
                 for micro in mini.split(act.ppo_micro_batch_size):
-                    m = mask[micro].to(self.device())
-                    adv = advantages[micro].to(m.device)
-                    logp, entropy = sequence_logprobs(
-                        self.model, *self._rows(traj, micro), self.cfg.rollout.temperature,
-                        "grad" if act.entropy_coeff else True,
-                    )
-                    old = logp.detach() if on_policy else old_logprobs[micro].to(m.device)
-                    per_token, pg_metrics = self.policy_loss(
-                        logp, old, adv, m, alg.clip_ratio_low, alg.clip_ratio_high, alg.clip_ratio_c
-                    )
-                    # normalise by the whole mini-batch, so summed micro-batch gradients equal one big batch
-                    agg = dict(mode=act.loss_agg_mode, max_len=self.cfg.rollout.max_new_tokens, denominator=denom)
-                    pg_loss = aggregate_loss(per_token, m, **agg)
-                    ent_loss = aggregate_loss(entropy, m, **agg)
-                    loss = pg_loss - act.entropy_coeff * ent_loss
+                    pick = lambda x: None if x is None else x[micro].to(self.device())  # noqa: E731
+                    loss, metrics = self._micro_loss(traj, micro, pick(mask), pick(advantages), pick(old_logprobs),
+                                                     pick(ref_logprobs), pick(is_weights), denom)
                     loss.backward()
                     step_loss += float(loss.detach())
-                    weight = float(m.sum()) / float(tokens)
-                    sums["actor/pg_loss"] += float(pg_loss.detach())
-                    sums["actor/entropy"] += float((entropy.detach() * m).sum()) / float(tokens)
-                    for key, value in pg_metrics.items():
-                        sums[f"actor/{key}"] += float(value) * weight
+                    weight = float(mask[micro].sum()) / float(tokens)
+                    for key, value in metrics.items():
+                        sums[key] += value if key in ("actor/pg_loss", "actor/kl_loss") else value * weight
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, act.grad_clip)
                 if math.isfinite(step_loss) and torch.isfinite(grad_norm):
                     self.optimizer.step()
@@ -164,3 +167,23 @@ class Actor:
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()
         return metrics
+
+    def _micro_loss(self, traj, micro, mask, adv, old, ref, is_weights, denom) -> tuple[torch.Tensor, dict]:
+        """Loss of one micro-batch, already scaled by the mini-batch normaliser: PG (+ KL) (- entropy bonus)."""
+        act, alg = self.cfg.actor, self.cfg.algorithm
+        logp, entropy = sequence_logprobs(self.model, *self._rows(traj, micro), self.cfg.rollout.temperature,
+                                          "grad" if act.entropy_coeff else True)
+        old = logp.detach() if old is None else old
+        per_token, pg_metrics = self.policy_loss(logp, old, adv, mask, alg.clip_ratio_low, alg.clip_ratio_high,
+                                                 alg.clip_ratio_c, rollout_is_weights=is_weights)
+        agg = dict(mode=act.loss_agg_mode, max_len=self.cfg.rollout.max_new_tokens, denominator=denom)
+        pg_loss = aggregate_loss(per_token, mask, **agg)
+        loss = pg_loss - act.entropy_coeff * aggregate_loss(entropy, mask, **agg)
+        metrics = {"actor/pg_loss": float(pg_loss.detach()),
+                   "actor/entropy": float(masked_mean(entropy.detach(), mask))}
+        metrics.update({f"actor/{k}": float(v) for k, v in pg_metrics.items()})
+        if act.use_kl_loss:
+            kl_loss = aggregate_loss(kl_penalty(logp, ref, act.kl_loss_type), mask, **agg)
+            loss = loss + act.kl_loss_coef * kl_loss
+            metrics["actor/kl_loss"] = float(kl_loss.detach())
+        return loss, metrics

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from transformers.utils import logging as transformers_logging
 
+from scirl.algos import make_kl_controller
 from scirl.ckpt.checkpoint import find_resume_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
 from scirl.config import Config, save_config
 from scirl.data.datasets import PromptSampler, load_dataset_split, tokenize_prompts
@@ -22,6 +23,7 @@ from scirl.rollout.hf_engine import HFRolloutEngine
 from scirl.train.actor import Actor
 from scirl.train.model_loading import load_model_and_tokenizer, pick_device, resolve_model_path
 from scirl.train.step import StepContext, train_step
+from scirl.train.teachers import FrozenReference
 
 
 def seed_everything(seed: int) -> None:
@@ -50,6 +52,12 @@ def run_training(cfg: Config) -> dict:
     train_set, train_ids, dropped = tokenize_prompts(train_set, tokenizer, d.max_prompt_length, d.enable_thinking, "data.train")
     val_set, val_ids, val_dropped = tokenize_prompts(val_set, tokenizer, d.max_prompt_length, d.enable_thinking, "data.val")
     actor = Actor(model, cfg)
+    reference = None
+    if cfg.actor.use_kl_loss or cfg.algorithm.use_kl_in_reward:  # a frozen copy of the *initial* policy
+        reference = FrozenReference(cfg.model.path, cfg.model.dtype, pick_device(t.device),
+                                    cfg.model.attn_implementation, cfg.actor.ppo_micro_batch_size, cfg.rollout.temperature)
+    kc = cfg.algorithm.kl_ctrl
+    kl_ctrl = make_kl_controller(kc.type, kc.kl_coef, kc.target_kl, kc.horizon) if cfg.algorithm.use_kl_in_reward else None
     engine = HFRolloutEngine(model, tokenizer)
     sampler = PromptSampler(len(train_set), d.train_batch_size, d.seed, d.shuffle)
     start = 0
@@ -59,6 +67,8 @@ def run_training(cfg: Config) -> dict:
         actor.scheduler.load_state_dict(state["scheduler"])
         actor.skipped_updates = state["skipped_updates"]
         sampler.load_state_dict(state["sampler"])
+        if kl_ctrl is not None and state.get("kl_ctrl"):
+            kl_ctrl.load_state_dict(state["kl_ctrl"])
         set_rng_state(state["rng"])
         start = state["step"]
         console.print(f"resumed from {ckpt} (step {start})")
@@ -78,9 +88,14 @@ def run_training(cfg: Config) -> dict:
         save_checkpoint(run_dir, step, model, tokenizer, {
             "optimizer": actor.optimizer.state_dict(), "scheduler": actor.scheduler.state_dict(),
             "sampler": sampler.state_dict(), "skipped_updates": actor.skipped_updates,
+            "kl_ctrl": kl_ctrl.state_dict() if kl_ctrl is not None else None,
         })
 
-    ctx = StepContext(cfg, actor, engine, pool)
+    def next_prompts():
+        idx = sampler.next_batch()
+        return [train_set[i] for i in idx], [train_ids[i] for i in idx]
+
+    ctx = StepContext(cfg, actor, engine, pool, next_prompts, reference, kl_ctrl)
     before_path = run_dir / "eval" / "step_0.json"
     if dropped or val_dropped:
         console.print(f"dropped {dropped} train / {val_dropped} val prompts longer than {d.max_prompt_length} tokens")
@@ -90,8 +105,7 @@ def run_training(cfg: Config) -> dict:
         last_eval = before if start == 0 else None
         with StepProgress(t.total_steps, start, t.progress) as progress:
             for step in range(start + 1, t.total_steps + 1):
-                idx = sampler.next_batch()
-                metrics = train_step(ctx, [train_set[i] for i in idx], [train_ids[i] for i in idx])
+                metrics = train_step(ctx)
                 metrics["data/epoch"] = sampler.epoch
                 writer.write(step, metrics)
                 progress.update(step, metrics)

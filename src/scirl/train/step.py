@@ -1,16 +1,18 @@
-"""One RL training step, top to bottom: rollout -> rewards -> advantages -> actor update -> metrics."""
+"""One RL training step, top to bottom: rollout + rewards (+ DAPO dynamic sampling) -> old / reference log-probs
+-> loss mask and rollout correction -> token rewards (+ KL-in-reward) -> advantages -> actor update -> metrics."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
-from scirl.algos import get_advantage_estimator
+from scirl.algos import get_advantage_estimator, kl_penalty, rollout_is_weights, rollout_rs_mask
+from scirl.algos.rollout_correction import rollout_correction_metrics
 from scirl.config import Config
-from scirl.data.sample import Sample
-from scirl.rollout.base import SamplingParams, Trajectories
+from scirl.train.rollout_batch import RolloutBatch, collect_batch
 
 
 @dataclass
@@ -19,61 +21,72 @@ class StepContext:
     actor: object  # scirl.train.actor.Actor
     engine: object  # a RolloutEngine
     reward_pool: object  # scirl.rewards.RewardPool
+    next_prompts: Callable | None = None  # () -> (samples, prompt_ids): the next train_batch_size prompts
+    reference: object | None = None  # scirl.train.teachers.FrozenReference, when a KL term needs it
+    kl_ctrl: object | None = None  # KL-in-reward coefficient controller
 
 
-def train_step(ctx: StepContext, batch: list[Sample], prompt_ids: list[list[int]]) -> dict[str, float]:
-    cfg, t0 = ctx.cfg, time.perf_counter()
-    sampling = SamplingParams(cfg.rollout.n, cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens)
-    traj = ctx.engine.generate(prompt_ids, [str(i) for i in range(len(batch))], sampling)
+def train_step(ctx: StepContext) -> dict[str, float]:
+    cfg, alg, t0 = ctx.cfg, ctx.cfg.algorithm, time.perf_counter()
+    batch: RolloutBatch = collect_batch(ctx)  # generate, score, shape (overlong), filter groups (DAPO)
+    traj, metrics = batch.traj, dict(batch.metrics)
     t1 = time.perf_counter()
 
-    rows = [batch[int(u)] for u in traj.uid]
-    results, reward_stats = ctx.reward_pool.score([(s, text, dict(cfg.reward.kwargs)) for s, text in zip(rows, traj.texts)])
-    scores = torch.tensor([r.score for r in results], dtype=torch.float32)
+    rc = alg.rollout_correction
+    needs_old = ctx.actor.needs_old_logprobs(len(traj)) or rc.rollout_is or rc.rollout_rs or alg.use_kl_in_reward
+    old_lp = ctx.actor.logprobs(traj) if needs_old else None
+    ref_lp = ctx.reference.logprobs(traj) if ctx.reference is not None else None
+    loss_mask, is_weights = loss_mask_and_is_weights(cfg, traj, old_lp, metrics)
+
+    token_rewards = scores_to_token_rewards(batch.scores, traj.response_mask)
+    if alg.use_kl_in_reward:  # r_t -= beta * kl(lp_old, lp_ref), then the controller adapts beta
+        kl = kl_penalty(old_lp, ref_lp, alg.kl_penalty) * traj.response_mask
+        token_rewards = token_rewards - ctx.kl_ctrl.value * kl
+        current_kl = float((kl.sum(-1) / traj.response_mask.sum(-1).clamp(min=1)).mean())
+        metrics.update({"reward/kl": current_kl, "reward/kl_coef": ctx.kl_ctrl.value})
+        ctx.kl_ctrl.update(current_kl, n_steps=cfg.data.train_batch_size)
+    advantages = get_advantage_estimator(alg.adv_estimator)(
+        token_rewards, traj.response_mask, traj.uid,
+        norm_adv_by_std_in_grpo=alg.norm_adv_by_std_in_grpo, gamma=alg.gamma,
+    )
     t2 = time.perf_counter()
 
-    token_rewards = scores_to_token_rewards(scores, traj.response_mask)
-    advantages = get_advantage_estimator(cfg.algorithm.adv_estimator)(
-        token_rewards, traj.response_mask, traj.uid, norm_adv_by_std_in_grpo=cfg.algorithm.norm_adv_by_std_in_grpo
-    )
-    update_metrics = ctx.actor.update(traj, advantages)
+    metrics.update(ctx.actor.update(traj, advantages, old_lp, ref_lp, is_weights, loss_mask))
     ctx.engine.update_weights(None)  # hf engine shares the module; a vllm engine would sync here
     t3 = time.perf_counter()
+    token_adv = advantages[loss_mask.bool()]
+    metrics.update({
+        "adv/mean": token_adv.mean().item() if token_adv.numel() else 0.0,
+        "adv/std": token_adv.std().item() if token_adv.numel() > 1 else 0.0,
+        "timing/old_ref_adv": t2 - t1, "timing/update": t3 - t2, "timing/step": t3 - t0,
+    })
+    return metrics
 
-    return {
-        **rollout_metrics(traj, scores, results, advantages, reward_stats),
-        **update_metrics,
-        "timing/rollout": t1 - t0, "timing/reward": t2 - t1, "timing/update": t3 - t2, "timing/step": t3 - t0,
-    }
+
+def loss_mask_and_is_weights(cfg: Config, traj, old_lp, metrics: dict):
+    """The response mask the loss uses (DAPO overlong filtering, rejection sampling) and the TIS weights."""
+    alg, rc = cfg.algorithm, cfg.algorithm.rollout_correction
+    mask = traj.response_mask.clone()
+    if alg.overlong_filtering:  # truncated responses stay in their group's statistics but leave the loss
+        mask[traj.truncated] = 0.0
+        metrics["response/overlong_filtered_frac"] = traj.truncated.float().mean().item()
+    is_weights, rs_mask = None, None
+    if rc.rollout_rs:
+        rs_mask = rollout_rs_mask(old_lp, traj.rollout_logprobs, mask, rc.rollout_rs, rc.rollout_rs_threshold)
+        mask = rs_mask
+    if rc.rollout_is:
+        is_weights = rollout_is_weights(old_lp, traj.rollout_logprobs, mask, rc.rollout_is, rc.rollout_is_threshold)
+    if rc.rollout_is or rc.rollout_rs:
+        metrics.update(rollout_correction_metrics(
+            is_weights if is_weights is not None else torch.ones_like(mask), old_lp - traj.rollout_logprobs,
+            traj.response_mask, rs_mask=rs_mask, threshold=rc.rollout_is_threshold, level=rc.rollout_is or "token"))
+    return mask, is_weights
 
 
 def scores_to_token_rewards(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """The outcome score sits on the last valid response token (verl convention)."""
     rewards = torch.zeros_like(response_mask)
-    last = (response_mask.sum(-1).long() - 1).clamp(min=0)
+    positions = torch.arange(response_mask.shape[1], device=response_mask.device)
+    last = (positions * (response_mask > 0)).argmax(-1)  # the last trained token, even with tool-output holes
     rewards[torch.arange(len(scores)), last] = scores
     return rewards
-
-
-def rollout_metrics(traj: Trajectories, scores, results, advantages, reward_stats) -> dict[str, float]:
-    mask = traj.response_mask
-    lengths = mask.sum(-1)
-    acc = torch.tensor([r.components.get("acc", float(r.score >= 0.5)) for r in results])
-    token_adv = advantages[mask.bool()]
-    groups: dict[str, list[float]] = {}
-    for uid, s in zip(traj.uid, scores.tolist()):
-        groups.setdefault(uid, []).append(s)
-    return {
-        "reward/mean": scores.mean().item(),
-        "reward/std": scores.std().item() if len(scores) > 1 else 0.0,
-        "reward/acc": acc.mean().item(),
-        "reward/timeouts": float(reward_stats.get("timeouts", 0)),
-        "reward/errors": float(reward_stats.get("errors", 0)),
-        "reward/solve_none_frac": sum(max(g) < 0.5 for g in groups.values()) / len(groups),
-        "reward/solve_all_frac": sum(min(g) >= 0.5 for g in groups.values()) / len(groups),
-        "adv/mean": token_adv.mean().item() if token_adv.numel() else 0.0,
-        "adv/std": token_adv.std().item() if token_adv.numel() > 1 else 0.0,
-        "response/length_mean": lengths.mean().item(),
-        "response/length_max": lengths.max().item(),
-        "response/truncated_frac": traj.truncated.float().mean().item(),
-    }

@@ -1,0 +1,77 @@
+"""Config validation: reject combinations that cannot run, each with one line naming the offending key."""
+
+from __future__ import annotations
+
+from scirl.config import Config
+from scirl.errors import ScirlError
+from scirl.registry import unknown_name_error
+
+GROUP_ESTIMATORS = ("grpo", "rloo", "reinforce_plus_plus_baseline")  # need >= 2 samples per prompt
+
+
+def _choice(key: str, value, options) -> None:
+    if value not in options:
+        raise ScirlError(f"{key}: {unknown_name_error('value', value, [str(o) for o in options])}")
+
+
+def _registered(key: str, lookup, name: str) -> None:
+    try:
+        lookup(name)
+    except ScirlError as e:
+        raise ScirlError(f"{key}: {e}") from None
+
+
+def validate(cfg: Config) -> None:
+    from scirl.algos import KL_KINDS, LOSS_AGG_MODES, get_advantage_estimator, get_policy_loss
+    from scirl.algos.rollout_correction import RS_KINDS
+    from scirl.rewards import get_reward
+
+    d, r, a, act, t = cfg.data, cfg.rollout, cfg.algorithm, cfg.actor, cfg.trainer
+    rc, fg, ob = a.rollout_correction, a.filter_groups, cfg.reward.overlong_buffer
+    _registered("algorithm.adv_estimator", get_advantage_estimator, a.adv_estimator)
+    _registered("actor.policy_loss", get_policy_loss, act.policy_loss)
+    _registered("reward.name", get_reward, cfg.reward.name)
+    _choice("actor.loss_agg_mode", act.loss_agg_mode, LOSS_AGG_MODES)
+    _choice("actor.kl_loss_type", act.kl_loss_type, KL_KINDS)
+    _choice("algorithm.kl_penalty", a.kl_penalty, KL_KINDS)
+    _choice("algorithm.kl_ctrl.type", a.kl_ctrl.type, ("fixed", "adaptive"))
+    _choice("algorithm.rollout_correction.rollout_is", rc.rollout_is, (None, "token", "sequence"))
+    _choice("algorithm.rollout_correction.rollout_rs", rc.rollout_rs, (None, *RS_KINDS))
+    _choice("algorithm.filter_groups.metric", fg.metric, ("acc", "score"))
+    _choice("actor.lr_scheduler", act.lr_scheduler, ("constant", "cosine", "linear"))
+    _choice("rollout.engine", r.engine, ("hf",))
+    _choice("trainer.device", t.device, ("auto", "cpu", "cuda"))
+
+    if a.adv_estimator in GROUP_ESTIMATORS and r.n < 2:
+        raise ScirlError(f"rollout.n={r.n}: {a.adv_estimator} needs at least 2 samples per prompt (set rollout.n >= 2)")
+    if d.train_batch_size < 1:
+        raise ScirlError(f"data.train_batch_size={d.train_batch_size} must be >= 1")
+    if act.ppo_mini_batch_size < 1 or d.train_batch_size % act.ppo_mini_batch_size:
+        raise ScirlError(f"actor.ppo_mini_batch_size={act.ppo_mini_batch_size} must divide "
+                         f"data.train_batch_size={d.train_batch_size}")
+    for key, value in [("actor.ppo_micro_batch_size", act.ppo_micro_batch_size), ("actor.ppo_epochs", act.ppo_epochs),
+                       ("rollout.max_new_tokens", r.max_new_tokens), ("rollout.val_n", r.val_n)]:
+        if value < 1:
+            raise ScirlError(f"{key}={value} must be >= 1")
+    if t.total_steps < 0:
+        raise ScirlError(f"trainer.total_steps={t.total_steps} must be >= 0")
+    if a.clip_ratio_c <= 1.0:
+        raise ScirlError(f"algorithm.clip_ratio_c={a.clip_ratio_c} must be > 1 (dual-clip bound)")
+    if not (0 <= a.clip_ratio_low < 1 and a.clip_ratio_high >= 0):
+        raise ScirlError(f"algorithm.clip_ratio_low={a.clip_ratio_low} must be in [0, 1) and clip_ratio_high >= 0")
+    if act.use_kl_loss and a.use_kl_in_reward:
+        raise ScirlError("actor.use_kl_loss and algorithm.use_kl_in_reward are both on: put the KL term in one place")
+    if a.kl_ctrl.type == "adaptive" and (a.kl_ctrl.target_kl <= 0 or a.kl_ctrl.horizon < 1):
+        raise ScirlError("algorithm.kl_ctrl: an adaptive controller needs target_kl > 0 and horizon >= 1")
+    if rc.rollout_is and rc.rollout_is_threshold <= 0:
+        raise ScirlError(f"algorithm.rollout_correction.rollout_is_threshold={rc.rollout_is_threshold} must be > 0")
+    if rc.rollout_rs and rc.rollout_rs_threshold <= 0:
+        raise ScirlError(f"algorithm.rollout_correction.rollout_rs_threshold={rc.rollout_rs_threshold} must be > 0")
+    if fg.enable and r.n < 2:
+        raise ScirlError("algorithm.filter_groups.enable needs rollout.n >= 2 (a group of one has no spread)")
+    if fg.max_num_gen_batches < 0:
+        raise ScirlError(f"algorithm.filter_groups.max_num_gen_batches={fg.max_num_gen_batches} must be >= 0")
+    if ob.enable and not 0 < ob.len <= r.max_new_tokens:
+        raise ScirlError(f"reward.overlong_buffer.len={ob.len} must be in (0, rollout.max_new_tokens={r.max_new_tokens}]")
+    if ob.enable and ob.penalty_factor < 0:
+        raise ScirlError(f"reward.overlong_buffer.penalty_factor={ob.penalty_factor} must be >= 0")

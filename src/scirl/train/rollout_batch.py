@@ -1,0 +1,109 @@
+"""Building one step's batch: generate, grade, shape the scores (DAPO overlong penalty), and, with DAPO dynamic
+sampling, keep generating until `train_batch_size` groups with non-zero reward spread are collected."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from scirl.algos import filter_groups, overlong_penalty
+from scirl.errors import ScirlError
+from scirl.rollout.base import SamplingParams, Trajectories
+
+
+@dataclass
+class RolloutBatch:
+    traj: Trajectories
+    scores: torch.Tensor  # [B] shaped scores (reward + overlong penalty), the advantage input
+    acc: torch.Tensor  # [B] accuracy (reward component "acc", else score >= 0.5)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def generate_and_score(ctx, tag: str) -> RolloutBatch:
+    """One generation batch: the next `train_batch_size` prompts x `rollout.n` samples, graded and shaped."""
+    cfg = ctx.cfg
+    samples, prompt_ids = ctx.next_prompts()
+    sampling = SamplingParams(cfg.rollout.n, cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens)
+    t0 = time.perf_counter()
+    uids = [f"{tag}:{i}" for i in range(len(samples))]
+    traj = ctx.engine.generate(prompt_ids, uids, sampling)
+    t1 = time.perf_counter()
+    rows = [samples[int(u.split(":")[1])] for u in traj.uid]
+    results, stats = ctx.reward_pool.score([(s, text, dict(cfg.reward.kwargs)) for s, text in zip(rows, traj.texts)])
+    raw = torch.tensor([r.score for r in results], dtype=torch.float32)
+    acc = torch.tensor([r.components.get("acc", float(r.score >= 0.5)) for r in results], dtype=torch.float32)
+    scores = raw + overlong_shaping(cfg, traj)
+    metrics = {
+        "reward/timeouts": float(stats.get("timeouts", 0)), "reward/errors": float(stats.get("errors", 0)),
+        "timing/rollout": t1 - t0, "timing/reward": time.perf_counter() - t1,
+    }
+    return RolloutBatch(traj, scores, acc, metrics)
+
+
+def overlong_shaping(cfg, traj: Trajectories) -> torch.Tensor:
+    """DAPO's soft overlong penalty per response (zeros when reward.overlong_buffer is off)."""
+    ob = cfg.reward.overlong_buffer
+    if not ob.enable:
+        return torch.zeros(len(traj))
+    return overlong_penalty(traj.response_lengths, cfg.rollout.max_new_tokens, ob.len, ob.penalty_factor)
+
+
+def collect_batch(ctx) -> RolloutBatch:
+    """The step's batch. Without dynamic sampling, one generation batch. With it (DAPO), groups whose metric has
+    zero spread are dropped and more prompts are drawn until `train_batch_size` groups are kept."""
+    cfg, fg = ctx.cfg, ctx.cfg.algorithm.filter_groups
+    if not fg.enable:
+        batch = generate_and_score(ctx, "0")
+        batch.metrics.update(batch_metrics(batch, cfg))
+        return batch
+    kept: list[RolloutBatch] = []
+    num_kept = num_generated = 0
+    totals = dict.fromkeys(["timing/rollout", "timing/reward", "reward/timeouts", "reward/errors"], 0.0)
+    for gen in itertools.count(1):
+        batch = generate_and_score(ctx, str(gen))
+        for key in totals:
+            totals[key] += batch.metrics[key]
+        metric = batch.acc if fg.metric == "acc" else batch.scores
+        keep = set(filter_groups(batch.traj.uid, metric.tolist()))
+        num_generated += len(set(batch.traj.uid))
+        rows = [i for i, u in enumerate(batch.traj.uid) if u in keep]
+        if rows:
+            kept.append(RolloutBatch(batch.traj.select(rows), batch.scores[rows], batch.acc[rows], batch.metrics))
+        num_kept += len(keep)
+        if num_kept >= cfg.data.train_batch_size:
+            break
+        if fg.max_num_gen_batches and gen >= fg.max_num_gen_batches:
+            raise ScirlError(
+                f"algorithm.filter_groups: only {num_kept} of data.train_batch_size={cfg.data.train_batch_size} "
+                f"groups had a non-zero {fg.metric} spread after max_num_gen_batches={fg.max_num_gen_batches} "
+                "generation batches (raise it, or 0 for unlimited)")
+    traj = Trajectories.concat([b.traj for b in kept])
+    rows = list(range(cfg.data.train_batch_size * cfg.rollout.n))  # groups are contiguous: keep the first ones
+    merged = RolloutBatch(traj.select(rows), torch.cat([b.scores for b in kept])[rows],
+                          torch.cat([b.acc for b in kept])[rows])
+    merged.metrics = {**totals, "dapo/num_gen_batches": float(gen), "dapo/kept_groups_frac": num_kept / num_generated,
+                      **batch_metrics(merged, cfg)}
+    return merged
+
+
+def batch_metrics(batch: RolloutBatch, cfg) -> dict[str, float]:
+    traj, scores = batch.traj, batch.scores
+    lengths = traj.response_lengths
+    groups: dict[str, list[float]] = {}
+    for uid, a in zip(traj.uid, batch.acc.tolist()):
+        groups.setdefault(uid, []).append(a)
+    return {
+        "reward/mean": scores.mean().item(),
+        "reward/std": scores.std().item() if len(scores) > 1 else 0.0,
+        "reward/acc": batch.acc.mean().item(),
+        "reward/solve_none_frac": sum(max(g) < 0.5 for g in groups.values()) / len(groups),
+        "reward/solve_all_frac": sum(min(g) >= 0.5 for g in groups.values()) / len(groups),
+        "response/length_mean": lengths.mean().item(),
+        "response/length_max": lengths.max().item(),
+        "response/truncated_frac": traj.truncated.float().mean().item(),
+        **({"reward/overlong_penalty_mean": overlong_shaping(cfg, traj).mean().item()}
+           if cfg.reward.overlong_buffer.enable else {}),
+    }
