@@ -44,7 +44,7 @@ def train_step(ctx: StepContext) -> dict[str, float]:
         token_rewards = token_rewards - ctx.kl_ctrl.value * kl
         current_kl = float((kl.sum(-1) / traj.response_mask.sum(-1).clamp(min=1)).mean())
         metrics.update({"reward/kl": current_kl, "reward/kl_coef": ctx.kl_ctrl.value})
-        ctx.kl_ctrl.update(current_kl, n_steps=cfg.data.train_batch_size)
+        ctx.kl_ctrl.update(current_kl, n_steps=len(traj))  # verl: n_steps = sequences in the batch
     advantages = get_advantage_estimator(alg.adv_estimator)(
         token_rewards, traj.response_mask, traj.uid,
         norm_adv_by_std_in_grpo=alg.norm_adv_by_std_in_grpo, gamma=alg.gamma,
