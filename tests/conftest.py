@@ -28,3 +28,15 @@ def tiny_model_and_tokenizer():
     from scirl.train.model_loading import load_model_and_tokenizer
 
     return load_model_and_tokenizer("builtin:tiny-qwen3")
+
+
+def outcome_rewards(rewards, lengths, T=4):
+    """Token-level rewards with each outcome on the last valid token (as a reward manager writes them), and the
+    response mask: row i has `lengths[i]` valid tokens."""
+    B = len(rewards)
+    mask = torch.zeros(B, T)
+    tlr = torch.zeros(B, T)
+    for i, (r, n) in enumerate(zip(rewards, lengths)):
+        mask[i, :n] = 1
+        tlr[i, n - 1] = r
+    return tlr, mask

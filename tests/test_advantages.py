@@ -2,21 +2,14 @@
 
 import pytest
 import torch
+from conftest import outcome_rewards
 
 from scirl.algos import ADVANTAGE_ESTIMATORS, get_advantage_estimator
 from scirl.algos.advantages import grpo
 from scirl.errors import ScirlError
 
 
-def _outcome(rewards, lengths, T=4):
-    """Rewards on the last valid token, like a reward manager writes them."""
-    B = len(rewards)
-    mask = torch.zeros(B, T)
-    tlr = torch.zeros(B, T)
-    for i, (r, n) in enumerate(zip(rewards, lengths)):
-        mask[i, :n] = 1
-        tlr[i, n - 1] = r
-    return tlr, mask
+_outcome = outcome_rewards
 
 
 def test_worked_example_1001():

@@ -6,20 +6,13 @@ from collections import defaultdict
 
 import pytest
 import torch
+from conftest import outcome_rewards
 
 from scirl.algos import ADVANTAGE_ESTIMATORS, aggregate_loss, get_advantage_estimator, get_policy_loss
 from scirl.algos.advantages import opd_token, reinforce_plus_plus, reinforce_plus_plus_baseline, rloo
 
 
-def _outcome(rewards, lengths, T=4):
-    """Outcome reward on the last valid token, mask = a prefix of `length` ones."""
-    B = len(rewards)
-    mask = torch.zeros(B, T)
-    tlr = torch.zeros(B, T)
-    for i, (r, n) in enumerate(zip(rewards, lengths)):
-        mask[i, :n] = 1
-        tlr[i, n - 1] = r
-    return tlr, mask
+_outcome = outcome_rewards
 
 
 # ---------------------------------------------------------------- rloo

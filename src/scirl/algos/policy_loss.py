@@ -73,6 +73,16 @@ def vanilla(
     return pg_losses, metrics
 
 
+@torch.no_grad()
+def _no_lower_clip_metrics(clipped: Tensor, neg_kl: Tensor, response_mask: Tensor) -> dict[str, Tensor]:
+    """Metrics of losses without a dual clip: clip fraction, pg_clipfrac_lower = 0 (as verl), ppo_kl."""
+    return {
+        "pg_clipfrac": masked_mean(clipped.float(), response_mask),
+        "pg_clipfrac_lower": torch.zeros((), device=neg_kl.device),
+        "ppo_kl": masked_mean(-neg_kl.detach(), response_mask),
+    }
+
+
 @register_policy_loss("gspo")
 def gspo(
     log_prob: Tensor,
@@ -107,13 +117,7 @@ def gspo(
     if rollout_is_weights is not None:
         pg_losses = pg_losses * rollout_is_weights.detach()
 
-    with torch.no_grad():
-        metrics = {
-            "pg_clipfrac": masked_mean(torch.gt(pg_losses2, pg_losses1).float(), response_mask),
-            "pg_clipfrac_lower": torch.zeros((), device=log_prob.device),
-            "ppo_kl": masked_mean(-neg_kl.detach(), response_mask),
-        }
-    return pg_losses, metrics
+    return pg_losses, _no_lower_clip_metrics(torch.gt(pg_losses2, pg_losses1), neg_kl, response_mask)
 
 
 @register_policy_loss("cispo")
@@ -143,10 +147,4 @@ def cispo(
     if rollout_is_weights is not None:
         pg_losses = pg_losses * rollout_is_weights.detach()
 
-    with torch.no_grad():
-        metrics = {
-            "pg_clipfrac": masked_mean((ratio != clipped_ratio).float(), response_mask),
-            "pg_clipfrac_lower": torch.zeros((), device=log_prob.device),
-            "ppo_kl": masked_mean(-neg_kl.detach(), response_mask),
-        }
-    return pg_losses, metrics
+    return pg_losses, _no_lower_clip_metrics(ratio != clipped_ratio, neg_kl, response_mask)
