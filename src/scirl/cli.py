@@ -1,4 +1,6 @@
-"""The `scirl` command line: `scirl train [RECIPE.yaml] [key=value ...]`. User errors exit 2 with one line."""
+"""The `scirl` command line: `scirl train [RECIPE.yaml] [key=value ...]`, `scirl config ...`, `scirl grade ...`.
+
+User errors exit 2 with one line."""
 
 from __future__ import annotations
 
@@ -46,8 +48,62 @@ def cmd_config(args: list[str]) -> int:
     return 0
 
 
+USAGE_GRADE = """scirl grade --reward NAME INPUT.jsonl [-o OUT.jsonl] [--workers N] [--timeout S] [--info JSON]
+
+Score a JSONL file of {"response": ..., "answer": ...} rows with a registered reward (boxed_numeric, mcq, tcr,
+overlong, ...). Other row fields (choices, num_turns, subparts, length, ...) go into the reward's info (on top of
+--info, a JSON object) and into the sample's metadata. Writes every good row with score/pred/components to OUT
+(default INPUT.graded.jsonl) and prints accuracy, mean score, timeouts, errors and throughput. Malformed rows are
+reported with their line number on stderr and skipped. --workers defaults to the CPU count (0 = inline, no
+timeouts); --timeout is per reward call in seconds (default 10); a call past it scores 0."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ScirlError (one line, exit 2) instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ScirlError(f"{self.prog}: {message}")
+
+
+def cmd_grade(args: list[str]) -> int:
+    import json
+
+    from scirl.rewards.grade import grade_file
+
+    parser = _Parser(prog="scirl grade", add_help=False)
+    parser.add_argument("input")
+    parser.add_argument("--reward", required=True)
+    parser.add_argument("-o", "--output", default=None)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument("--info", default=None)
+    ns = parser.parse_args(args)
+    info = None
+    if ns.info is not None:
+        try:
+            info = json.loads(ns.info)
+        except ValueError as e:
+            raise ScirlError(f"grade: --info is not valid JSON ({e})") from None
+        if not isinstance(info, dict):
+            raise ScirlError("grade: --info must be a JSON object, e.g. '{\"rel_tol\": 1e-3}'")
+    grade_file(ns.reward, ns.input, ns.output, workers=ns.workers, timeout=ns.timeout, info=info)
+    return 0
+
+
+def cmd_serve(args: list[str]) -> int:
+    from scirl.serve import main as serve_main
+
+    return serve_main(args)
+
+
+def _serve_usage() -> str:
+    return ("scirl serve [--model PATH] [--host 127.0.0.1] [--port 8000]: an OpenAI-compatible chat server "
+            "(/v1/chat/completions) for a local model, e.g. a judge endpoint")
+
+
 COMMANDS = {"train": (cmd_train, USAGE_TRAIN), "config": (cmd_config, "scirl config [RECIPE.yaml] [key=value ...]: "
-                                                         "print the resolved config")}
+                                                         "print the resolved config"),
+            "grade": (cmd_grade, USAGE_GRADE), "serve": (cmd_serve, _serve_usage())}
 
 
 def main(argv: list[str] | None = None) -> int:

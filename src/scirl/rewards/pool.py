@@ -105,6 +105,9 @@ class RewardPool:
         self.last_error: str | None = None
         self._owner_pid = os.getpid()
         self._closed = False
+        warm_up = getattr(sys.modules.get(getattr(self.fn, "__module__", ""), None), "warm_up", None)
+        if workers and callable(warm_up):  # e.g. math: import math-verify once here, not in every forked worker
+            warm_up()
         self._ctx = mp.get_context(start_method or _default_start_method()) if workers else None
         self._workers: list[_Worker] = [_Worker(self._ctx, self.fn) for _ in range(workers)]
         self._finalizer = weakref.finalize(self, RewardPool._shutdown, self._workers, self._owner_pid)
