@@ -23,7 +23,9 @@ scores 0; a simplify out of time returns its input and `equals` gives False, as 
 Where the official copies disagree or are plainly buggy this follows the spec: the text after the last "=",
 else after the rightmost relation, cut after the whole operator. (The original also matched `\\le` inside
 `\\left`, mangling the 12 PHYBench answers with `\\left` and no "="; phybench-pipeline slices one character
-past the operator's start, so `a \\approx b` gave `approx b`.)
+past the operator's start, so `a \\approx b` gave `approx b`.) Parser caveat shared with the official code
+(latex2sympy2_extended 1.11): `\\gamma` is EulerGamma, which has no tree label (a non-equivalent answer
+with it scores 0), `\\gamma-1` is gamma(-1) = zoo, and `\\gamma_1` is read as the gamma function.
 """
 
 from __future__ import annotations
