@@ -7,9 +7,9 @@ import re
 
 from scirl.data.sample import Sample
 from scirl.errors import ScirlError
+from scirl.rewards.math_text import extract_boxed
 from scirl.rewards.base import RewardResult, register_reward
 
-_BOX_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _FRAC = re.compile(r"^\\[dt]?frac\{([^{}]+)\}\{([^{}]+)\}$")
 _STRIP = re.compile(r"\s+|,|\$|\\[,!;: ]|\\left|\\right")
 
@@ -19,20 +19,7 @@ def last_boxed(text: str) -> str | None:
 
     None when there is no box, or the last box is never closed.
     """
-    starts = [m.end() for m in _BOX_START.finditer(text)]
-    if not starts:
-        return None
-    begin = starts[-1]
-    depth = 1
-    for i in range(begin, len(text)):
-        ch = text[i]
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[begin:i]
-    return None
+    return extract_boxed(text)  # one brace-matched extractor for every reward (bounded scan, escaped braces)
 
 
 def parse_number(text: str) -> float | None:
