@@ -40,3 +40,11 @@ def outcome_rewards(rewards, lengths, T=4):
         mask[i, :n] = 1
         tlr[i, n - 1] = r
     return tlr, mask
+
+
+def nested_frac(depth: int) -> str:
+    """`\\frac{1}{\\frac{1}{...1}}`, `depth` levels deep (equals 1): a pathological reward input."""
+    s = "1"
+    for _ in range(depth):
+        s = "\\frac{1}{" + s + "}"
+    return s

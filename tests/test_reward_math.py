@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import nested_frac
 
 from scirl.data.sample import Sample
 from scirl.errors import ScirlError
@@ -147,11 +148,6 @@ def test_registered_reward_reads_mode_and_unknown_mode_errors():
 
 
 # --------------------------------------------------------------------------------------------- pathological
-def _nested_frac(depth):
-    s = "1"
-    for _ in range(depth):
-        s = "\\frac{1}{" + s + "}"
-    return s
 
 
 PATHOLOGICAL = {
@@ -163,7 +159,7 @@ PATHOLOGICAL = {
     "symbolic_expansion": "\\boxed{(x+1)^{99999}}",
     "mb_of_braces": "{" * 1_000_000,
     "boxed_mb_of_braces": "\\boxed{" + "{" * 1_000_000,
-    "nested_frac": "\\boxed{" + _nested_frac(200) + "}",
+    "nested_frac": "\\boxed{" + nested_frac(200) + "}",
     "unbalanced": "\\boxed{1+{2",
     "unbalanced_closed": "so \\boxed{1+{2} and } }}",
     "huge_int": "\\boxed{" + "9" * 5000 + "}",

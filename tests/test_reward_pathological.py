@@ -10,6 +10,7 @@ import math
 import time
 
 import pytest
+from conftest import nested_frac
 
 from scirl.data.sample import Sample
 from scirl.rewards import REWARDS, RewardPool
@@ -30,11 +31,6 @@ SETUP = {
 DEFAULT = ("10", {}, (-1.0, 0.0))
 
 
-def _nested_frac(depth: int) -> str:
-    s = "1"
-    for _ in range(depth):
-        s = "\\frac{1}{" + s + "}"
-    return s
 
 
 PATHOLOGICAL = {
@@ -42,7 +38,7 @@ PATHOLOGICAL = {
     "tower_bare": "10^{10^{10^{10}}}",
     "mb_of_braces": "{" * 1_000_000,
     "boxed_mb_of_braces": "\\boxed{" + "{" * 1_000_000,
-    "nested_frac": "\\boxed{" + _nested_frac(200) + "}",  # equals 1, not 10
+    "nested_frac": "\\boxed{" + nested_frac(200) + "}",  # equals 1, not 10
     "unbalanced": "\\boxed{1+{2",
     "unbalanced_closed": "so \\boxed{1+{2} and } }}",
     "huge_int": "\\boxed{" + "9" * 5000 + "}",
