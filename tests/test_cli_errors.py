@@ -17,7 +17,7 @@ def run_cli(*args, cwd=None):
         (["train", "trainer.totl_steps=3"], "trainer.total_steps"),
         (["train", "no_such_recipe.yaml"], "no_such_recipe.yaml"),
         (["train", "model.path=/no/such/model"], "/no/such/model"),
-        (["train", "data.train_size=0"], "empty"),
+        (["train", "data.train_size=0"], "data.train_size=0 must be >= 1"),
         (["train", "rollout.n=1"], "rollout.n"),
         (["train", "actor.ppo_mini_batch_size=3"], "actor.ppo_mini_batch_size"),
         (["train", "data.train=tiny_physic"], "tiny_physics"),

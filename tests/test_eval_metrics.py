@@ -152,7 +152,7 @@ def test_compute_eval_metrics_two_prompts():
 
 
 def test_threshold_and_no_preds():
-    recs = _records("p", "s", [0.4, 0.6], [None, None])
+    recs = [{k: v for k, v in r.items() if k != "pred"} for r in _records("p", "s", [0.4, 0.6], [None, None])]
     out = compute_eval_metrics(recs, "d")
     assert out["metrics"]["pass@1"] == 0.5
     assert "maj@2" not in out["metrics"]

@@ -24,6 +24,7 @@ SETUP = {
     "tcr": ("10", {"num_turns": 2}, -1.0),  # wrong with no tool call: the minimum
     "boxed_numeric": ("10", {}, 0.0),
     "math": ("10", {}, 0.0),
+    "dataset": ("10", {}, 0.0),  # dispatches to the sample's own reward, here math
     # answer-independent format rewards (a box is present / enough newlines): only robustness is checked
     "format_boxed": ("10", {}, (0.0, 1.0)),
     "trace_steps": ("10", {}, (0.0, 1.0)),
@@ -62,6 +63,7 @@ def test_pathological_battery():
     for name in _plain_rewards():
         answer, info, expected = SETUP.get(name, DEFAULT)
         sample = Sample(f"patho-{name}", [{"role": "user", "content": "q"}], answer)
+        sample.reward = "math" if name == "dataset" else None
         keys = list(PATHOLOGICAL)
         items = [(sample, PATHOLOGICAL[k], dict(info)) for k in keys]
         t0 = time.monotonic()

@@ -2,7 +2,7 @@
 
 import torch
 
-from scirl.data.datasets import tokenize_prompts
+from scirl.data.prompts import tokenize_prompts
 from scirl.data.synthetic import make_problems
 from scirl.rollout.base import SamplingParams
 from scirl.rollout.hf_engine import HFRolloutEngine

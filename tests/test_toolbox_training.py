@@ -9,7 +9,7 @@ import torch
 
 from conftest import small_overrides
 from scirl.config import load_config
-from scirl.data.datasets import tokenize_prompts
+from scirl.data.prompts import tokenize_prompts
 from scirl.data.synthetic import make_problems
 from scirl.errors import ScirlError
 from scirl.rewards import REWARDS, RewardPool, RewardResult, register_reward

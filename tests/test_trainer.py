@@ -98,7 +98,7 @@ def test_non_finite_loss_is_skipped_and_counted(tmp_path):
 
 
 def test_micro_batches_accumulate_to_the_full_batch_gradient(tmp_path, tiny_model_and_tokenizer):
-    from scirl.data.datasets import tokenize_prompts
+    from scirl.data.prompts import tokenize_prompts
     from scirl.data.synthetic import make_problems
     from scirl.rollout.base import SamplingParams
     from scirl.rollout.hf_engine import HFRolloutEngine

@@ -1,4 +1,4 @@
-"""The `scirl` command line: `scirl train [RECIPE.yaml] [key=value ...]`, `scirl config ...`, `scirl grade ...`.
+"""The `scirl` command line: `scirl train [RECIPE.yaml] [key=value ...]`, `config`, `eval`, `grade`, `serve`.
 
 User errors exit 2 with one line."""
 
@@ -90,6 +90,12 @@ def cmd_grade(args: list[str]) -> int:
     return 0
 
 
+def cmd_eval(args: list[str]) -> int:
+    from scirl.eval.command import main as eval_main
+
+    return eval_main(args)
+
+
 def cmd_serve(args: list[str]) -> int:
     from scirl.serve import main as serve_main
 
@@ -101,9 +107,15 @@ def _serve_usage() -> str:
             "(/v1/chat/completions) for a local model, e.g. a judge endpoint")
 
 
+def _eval_usage() -> str:
+    from scirl.eval.command import USAGE
+
+    return USAGE
+
+
 COMMANDS = {"train": (cmd_train, USAGE_TRAIN), "config": (cmd_config, "scirl config [RECIPE.yaml] [key=value ...]: "
                                                          "print the resolved config"),
-            "grade": (cmd_grade, USAGE_GRADE), "serve": (cmd_serve, _serve_usage())}
+            "grade": (cmd_grade, USAGE_GRADE), "eval": (cmd_eval, _eval_usage()), "serve": (cmd_serve, _serve_usage())}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,13 +30,22 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = "tiny_physics"  # dataset name (see scirl.data.datasets.DATASETS)
+    """Sources are dataset specs (scirl.data.datasets): `NAME`, `NAME/VARIANT`, a local file path, or a
+    comma-separated mixture, weighted for training as `a:0.7,b:0.3`."""
+
+    train: str = "tiny_physics"
     val: str = "tiny_physics"
-    train_size: int = 1000  # problems drawn from the generator (synthetic sources only)
-    val_size: int = 64
+    data_dir: str | None = None  # folder laid out like ../shared/data; default $SCIRL_DATA_DIR, else the hub
+    fields: dict = field(default_factory=dict)  # field mapping for local files: {prompt: question, answer: ...}
+    train_size: int | None = None  # prompts per train source: synthetic sources generate this many (default
+    val_size: int | None = None  # 1000 / 64); real sources keep their first N. null = all
     seed: int = 0
     train_batch_size: int = 16  # prompts per training step
     max_prompt_length: int = 256
+    truncation: str = "drop"  # prompts longer than max_prompt_length: drop (counted) | left | right | error
+    template: str = "auto"  # auto | cot_boxed | answer_tag | plain | source (scirl.data.prompts)
+    system_prompt: str | None = None  # replaces the template's system message when set
+    dedup: bool = True  # drop repeated prompts (same rendered messages), counted
     shuffle: bool = True
     enable_thinking: bool = True  # passed to the chat template
 
@@ -91,7 +100,7 @@ class FilterGroupsConfig:
 
 @dataclass
 class RewardConfig:
-    name: str = "boxed_numeric"
+    name: str = "dataset"  # dataset: each sample's own dataset reward (math for AIME, mcq for SciKnowEval, ...)
     workers: int = 1  # reward worker processes; 0 runs inline (no timeout enforcement)
     timeout: float = 10.0  # seconds per call; a call past it is killed and scores 0
     kwargs: dict = field(default_factory=dict)  # passed to the reward as `info`
@@ -227,6 +236,12 @@ def _apply(node: Any, data: dict, prefix: str, where: str) -> None:
             setattr(node, name, _coerce(value, hints[name], key))
 
 
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ScirlError(f"override '{text}' is not of the form key=value")
@@ -258,7 +273,11 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[s
             cursor = cursor.setdefault(part, {})
         cursor[parts[-1]] = value
         if key not in all_keys():
-            raise _unknown_key(key, " on the command line")
+            dict_leaf = next((k for k in all_keys() if key.startswith(k + ".") and isinstance(_get(cfg, k), dict)), None)
+            if dict_leaf is None:
+                raise _unknown_key(key, " on the command line")
+            _get(cfg, dict_leaf)[key[len(dict_leaf) + 1:]] = value  # e.g. data.fields.prompt=question
+            continue
         _apply(cfg, nested, "", " on the command line")
     from scirl.config_checks import validate  # needs the registries (torch); the schema does not
 

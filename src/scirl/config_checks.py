@@ -41,6 +41,7 @@ def validate(cfg: Config) -> None:
     _choice("actor.lr_scheduler", act.lr_scheduler, ("constant", "cosine", "linear"))
     _choice("rollout.engine", r.engine, ("hf",))
     _choice("trainer.device", t.device, ("auto", "cpu", "cuda"))
+    _check_data(cfg)
 
     if a.adv_estimator in GROUP_ESTIMATORS and r.n < 2:
         raise ScirlError(f"rollout.n={r.n}: {a.adv_estimator} needs at least 2 samples per prompt (set rollout.n >= 2)")
@@ -75,3 +76,20 @@ def validate(cfg: Config) -> None:
         raise ScirlError(f"reward.overlong_buffer.len={ob.len} must be in (0, rollout.max_new_tokens={r.max_new_tokens}]")
     if ob.enable and ob.penalty_factor < 0:
         raise ScirlError(f"reward.overlong_buffer.penalty_factor={ob.penalty_factor} must be >= 0")
+
+
+def _check_data(cfg: Config) -> None:
+    from scirl.data.datasets import parse_sources
+    from scirl.data.prompts import TEMPLATES, TRUNCATION_MODES
+
+    d = cfg.data
+    _choice("data.truncation", d.truncation, TRUNCATION_MODES)
+    _choice("data.template", d.template, ("auto", *TEMPLATES))
+    parse_sources(d.train, "data.train")
+    if any(s.weight is not None for s in parse_sources(d.val, "data.val")):
+        raise ScirlError(f"data.val={d.val!r}: mixing weights only apply to data.train (validation reports every source)")
+    for key, value in (("data.train_size", d.train_size), ("data.val_size", d.val_size)):
+        if value is not None and value < 1:
+            raise ScirlError(f"{key}={value} must be >= 1 (or null for every row)")
+    if d.max_prompt_length < 1:
+        raise ScirlError(f"data.max_prompt_length={d.max_prompt_length} must be >= 1")

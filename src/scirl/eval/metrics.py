@@ -105,11 +105,11 @@ def pass_ks(n: int) -> list[int]:
 
 
 def _prompt_metrics(
-    scores: list[float], preds: list[str | None] | None, threshold: float, n_bootstrap: int, seed: int
+    scores: list[float], preds: list[str | None] | None, correct: list[bool], n_bootstrap: int, seed: int
 ) -> dict[str, float]:
     n = len(scores)
     vals = np.asarray(scores, dtype=np.float64)
-    c = int(np.sum(vals >= threshold))
+    c = int(sum(correct))
     m: dict[str, float] = {f"mean@{n}": float(np.mean(vals)), f"std@{n}": float(np.std(vals))}
     for k in pass_ks(n):
         m[f"pass@{k}"] = pass_at_k(n, c, k)
@@ -137,10 +137,11 @@ def compute_eval_metrics(
 ) -> dict[str, Any]:
     """The eval JSON for one dataset from per-sample records.
 
-    Each record: {"prompt_id", "data_source", "sample" (int index), "score" (float), "pred" (str | None)}.
-    Metrics per prompt, averaged unweighted over prompts (overall and per data_source): mean@n, std@n,
-    pass@k for k in 1, 2, 4, ..., n (a sample is correct when score >= `threshold`), best@n (verl bootstrap
-    best@n/mean) and maj@n (bootstrap maj@n/mean; present only when some record has a non-None pred).
+    Each record: {"prompt_id", "data_source", "sample" (int index), "score" (float), "pred" (str | None),
+    optional "correct" (bool)}. Metrics per prompt, averaged unweighted over prompts (overall and per
+    data_source): mean@n, std@n, pass@k for k in 1, 2, 4, ..., n (a sample is correct when its "correct" is
+    true, or without one when score >= `threshold`), best@n (verl bootstrap best@n/mean) and maj@n (bootstrap
+    maj@n/mean; present when the records carry a "pred" key, a None pred being one more vote).
     Prompts with more than the smallest sample count are truncated to their first n samples by `sample`
     index, and the JSON gets a "note" saying so.
     """
@@ -172,14 +173,15 @@ def compute_eval_metrics(
             f"prompts have between {n} and {max(counts.values())} samples; {n_trunc} prompt(s) were truncated "
             f"to their first {n} samples by sample index so that every prompt uses n={n}"
         )
-    use_preds = any(r.get("pred") is not None for r in records)
+    use_preds = any("pred" in r for r in records)  # verl: maj@N whenever the reward reports a pred (None votes too)
 
     per_prompt: dict[str, dict[str, float]] = {}
     for pid, rs in by_prompt.items():
         rs = rs[:n]
         scores = [float(r["score"]) for r in rs]
         preds = [r.get("pred") for r in rs] if use_preds else None
-        per_prompt[pid] = _prompt_metrics(scores, preds, threshold, n_bootstrap, seed)
+        correct = [bool(r["correct"]) if "correct" in r else float(r["score"]) >= threshold for r in rs]
+        per_prompt[pid] = _prompt_metrics(scores, preds, correct, n_bootstrap, seed)
 
     sources: dict[str, list[dict[str, float]]] = defaultdict(list)
     for pid, m in per_prompt.items():
@@ -190,7 +192,8 @@ def compute_eval_metrics(
         "num_prompts": len(per_prompt),
         "n": n,
         "metrics": _average(list(per_prompt.values())),
-        "by_source": {src: _average(rows) for src, rows in sorted(sources.items())},
+        "by_source": {src: _average(rows) for src, rows in sources.items()},  # in order of first appearance
+        "prompts_by_source": {src: len(rows) for src, rows in sources.items()},
     }
     if note:
         out["note"] = note

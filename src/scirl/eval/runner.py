@@ -12,10 +12,12 @@ from scirl.eval.metrics import compute_eval_metrics
 from scirl.rollout.base import SamplingParams
 
 
-def evaluate(engine, pool, samples: list[Sample], prompt_ids: list[list[int]], sampling: SamplingParams,
-             dataset: str, seed: int, reward_info: dict | None = None) -> tuple[dict, list[dict]]:
-    """Returns (eval JSON, per-sample rows). Sampling uses its own seeded RNG stream, so running validation
-    never changes the training run's random stream (a resumed run stays bitwise identical)."""
+def generate_and_grade(engine, pool, samples: list[Sample], prompt_ids: list[list[int]], sampling: SamplingParams,
+                       seed: int, reward_info: dict | None = None) -> tuple[list[dict], dict]:
+    """Sample `sampling.n` responses per prompt and grade them: (one record per sample, pool stats).
+
+    Sampling uses its own seeded RNG stream, so running validation never changes the training run's random
+    stream (a resumed run stays bitwise identical)."""
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -24,9 +26,19 @@ def evaluate(engine, pool, samples: list[Sample], prompt_ids: list[list[int]], s
     results, stats = pool.score([(s, text, dict(reward_info or {})) for s, text in zip(rows, traj.texts)])
     records = [
         {"prompt_id": s.prompt_id, "data_source": s.data_source, "sample": j, "response": text,
-         "pred": r.pred, "score": float(r.score)}
+         "pred": r.pred, "score": float(r.score),
+         "correct": bool(r.score >= s.metadata.get("correct_threshold", 0.5))}
         for s, j, text, r in zip(rows, traj.sample_index, traj.texts, results)
     ]
+    stats = {**stats, "truncated": int(traj.truncated.sum()),
+             "response_tokens": int(traj.response_mask.sum())}
+    return records, stats
+
+
+def evaluate(engine, pool, samples: list[Sample], prompt_ids: list[list[int]], sampling: SamplingParams,
+             dataset: str, seed: int, reward_info: dict | None = None) -> tuple[dict, list[dict]]:
+    """Returns (eval JSON, per-sample rows)."""
+    records, stats = generate_and_grade(engine, pool, samples, prompt_ids, sampling, seed, reward_info)
     report = compute_eval_metrics(records, dataset)
     report["reward_timeouts"] = stats.get("timeouts", 0)
     return report, records

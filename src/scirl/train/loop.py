@@ -13,7 +13,7 @@ from transformers.utils import logging as transformers_logging
 from scirl.algos import make_kl_controller
 from scirl.ckpt.checkpoint import find_resume_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
 from scirl.config import Config, save_config
-from scirl.data.datasets import PromptSampler, load_dataset_split, tokenize_prompts
+from scirl.data.pipeline import describe, load_prompt_set, make_sampler, require_rewards, tokenize_prompt_set
 from scirl.eval.runner import evaluate, write_eval
 from scirl.log.console import StepProgress, console, summary_footer, summary_table
 from scirl.log.metrics_writer import MetricsWriter
@@ -43,14 +43,15 @@ def run_training(cfg: Config) -> dict:
     seed_everything(t.seed)
     ckpt = find_resume_checkpoint(t.resume, run_dir)
     resolve_model_path(str(ckpt) if ckpt else cfg.model.path)  # fail fast on a bad model.path
-    train_set = load_dataset_split(d.train, "train", d.train_size, d.seed)
-    val_set = load_dataset_split(d.val, "val", d.val_size, d.seed)
+    train_ps, val_ps = load_prompt_set(d, "train"), load_prompt_set(d, "val")
+    require_rewards(train_ps.samples, cfg.reward.name, "data.train")
+    require_rewards(val_ps.samples, cfg.reward.name, "data.val")
     # reward workers are forked before the model and tokenizer spin up their threads
     pool = RewardPool(cfg.reward.name, workers=cfg.reward.workers, timeout=cfg.reward.timeout)
     model, tokenizer = load_model_and_tokenizer(str(ckpt) if ckpt else cfg.model.path, cfg.model.dtype,
                                                 pick_device(t.device), cfg.model.attn_implementation)
-    train_set, train_ids, dropped = tokenize_prompts(train_set, tokenizer, d.max_prompt_length, d.enable_thinking, "data.train")
-    val_set, val_ids, val_dropped = tokenize_prompts(val_set, tokenizer, d.max_prompt_length, d.enable_thinking, "data.val")
+    train_ps, val_ps = tokenize_prompt_set(train_ps, tokenizer, d, "data.train"), tokenize_prompt_set(val_ps, tokenizer, d, "data.val")
+    train_set, train_ids, val_set, val_ids = train_ps.samples, train_ps.ids, val_ps.samples, val_ps.ids
     actor = Actor(model, cfg)
     reference = None
     if cfg.actor.use_kl_loss or cfg.algorithm.use_kl_in_reward:  # a frozen copy of the *initial* policy
@@ -59,7 +60,7 @@ def run_training(cfg: Config) -> dict:
     kc = cfg.algorithm.kl_ctrl
     kl_ctrl = make_kl_controller(kc.type, kc.kl_coef, kc.target_kl, kc.horizon) if cfg.algorithm.use_kl_in_reward else None
     engine = HFRolloutEngine(model, tokenizer)
-    sampler = PromptSampler(len(train_set), d.train_batch_size, d.seed, d.shuffle)
+    sampler = make_sampler(train_ps, d.train_batch_size, d.seed, d.shuffle)
     start = 0
     if ckpt:
         state = load_trainer_state(ckpt)
@@ -97,8 +98,7 @@ def run_training(cfg: Config) -> dict:
 
     ctx = StepContext(cfg, actor, engine, pool, next_prompts, reference, kl_ctrl)
     before_path = run_dir / "eval" / "step_0.json"
-    if dropped or val_dropped:
-        console.print(f"dropped {dropped} train / {val_dropped} val prompts longer than {d.max_prompt_length} tokens")
+    console.print(f"train: {describe(train_ps)}\nval: {describe(val_ps)}", highlight=False)
     with pool, MetricsWriter(run_dir, resume_from_step=start) as writer:
         before = json.loads(before_path.read_text()) if start and before_path.exists() else validate(0)
         console.print(f"step 0 validation: {_fmt(before)}", highlight=False)
@@ -118,7 +118,7 @@ def run_training(cfg: Config) -> dict:
     summary = {
         "before": before, "after": after, "steps": t.total_steps,
         "resumed_from_step": start, "wall_seconds": time.perf_counter() - t_start,
-        "skipped_updates": actor.skipped_updates,
+        "skipped_updates": actor.skipped_updates, "data": {"train": train_ps.stats, "val": val_ps.stats},
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     console.print(summary_table(summary))
