@@ -152,3 +152,22 @@ def test_config_data_keys(tmp_path):
         load_config(None, ["data.val=tiny_physics/train:1,tiny_physics/val:1"])
     with pytest.raises(ScirlError, match="did you mean 'data.template'"):
         load_config(None, ["data.templte=plain"])
+
+
+def test_training_on_a_weighted_mixture_with_a_local_file(tmp_path):
+    """The trainer's data path end to end: a named source and a local file mixed by weight."""
+    from scirl.data.synthetic import make_problems
+    from scirl.train.loop import run_training
+    from tests.conftest import small_overrides
+
+    local = tmp_path / "mine.jsonl"
+    rows = [{"question": s.problem or s.messages[0]["content"], "final": s.answer} for s in make_problems("val", 20, 5)]
+    local.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    mix = [f"data.train=tiny_physics/train:0.5,{local}:0.5", "data.fields={prompt: question, answer: final}"]
+    with pytest.raises(ScirlError, match="'mine' has no reward of its own"):
+        run_training(load_config(None, small_overrides(tmp_path, **{"trainer.total_steps": 1}) + mix))
+    cfg = load_config(None, small_overrides(tmp_path) + mix + ["reward.name=boxed_numeric"])
+    summary = run_training(cfg)
+    assert summary["data"]["train"] == {"loaded": 84, "duplicates": 0, "too_long_dropped": 0, "prompts": 84}
+    metrics = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all(m["reward/mean"] >= 0 for m in metrics)

@@ -177,3 +177,25 @@ def test_named_loader_on_a_small_copy(tmp_path):
     write_jsonl(tmp_path / "gsm8k" / "test.jsonl", [{"question": "q", "idx": 7}, {"question": "r", "idx": 8}])
     with pytest.raises(ScirlError, match=r"dataset gsm8k: field 'answer' missing in .*test\.jsonl line 1"):
         get_dataset("gsm8k").loader(LoadRequest(data_dir=tmp_path))
+
+
+def test_hub_path_runs_the_real_load_dataset_on_a_local_folder(tmp_path, monkeypatch):
+    """No hub here: the hub id is redirected to a local folder, and the real `datasets.load_dataset` reads it."""
+    import datasets
+
+    folder = tmp_path / "aime24_hub"
+    folder.mkdir()
+    write_jsonl(folder / "test.jsonl", [{"id": 60, "problem": "Find x.", "answer": "204"},
+                                        {"id": 61, "problem": "Find y.", "answer": "025"}])
+    real = datasets.load_dataset
+    seen = []
+
+    def redirect(path, name=None, **kwargs):
+        seen.append(path)
+        return real(str(folder), name, cache_dir=str(tmp_path / "cache"), **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", redirect)
+    samples = get_dataset("aime24").loader(LoadRequest(variant="qwen", data_dir=None))
+    assert seen == ["math-ai/aime24"]
+    assert [(s.prompt_id, s.problem, s.answer) for s in samples] == [("aime24/60", "Find x.", "204"),
+                                                                    ("aime24/61", "Find y.", "025")]
