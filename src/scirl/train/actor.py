@@ -27,9 +27,8 @@ def lr_lambda(warmup: int, total: int, kind: str, min_ratio: float):
     return fn
 
 
-def sequence_logprobs(model, prompt_ids, prompt_mask, response_ids, temperature: float, with_entropy: bool | str,
-                      shared_prefix: bool = True):
-    """log pi(response token | prefix) at `temperature` for each response position, and optionally the entropy.
+def response_logits(model, prompt_ids, prompt_mask, response_ids, shared_prefix: bool = True) -> torch.Tensor:
+    """Float logits [B, R, V] predicting each response token from (prompt, earlier response tokens).
 
     With `shared_prefix`, rows that share a prompt (the n samples of a GRPO group) run the prompt through the
     model once; its KV cache is fanned out to every row and gradients flow back through it. Same math as the
@@ -46,7 +45,22 @@ def sequence_logprobs(model, prompt_ids, prompt_mask, response_ids, temperature:
         position_ids = (attention.cumsum(1) - 1).clamp(min=0)  # left padding: positions start at the first real token
         logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids, use_cache=False,
                        logits_to_keep=response_ids.shape[1] + 1).logits[:, :-1]
-    logits = logits.float()
+    return logits.float()
+
+
+def response_log_softmax(model, prompt_ids, prompt_mask, response_ids, temperature: float) -> torch.Tensor:
+    """log pi(. | prefix) over the whole vocabulary at `temperature` for each response position: [B, R, V]."""
+    logits = response_logits(model, prompt_ids, prompt_mask, response_ids)
+    if temperature > 0:
+        logits = logits / temperature
+    return torch.log_softmax(logits, dim=-1)
+
+
+def sequence_logprobs(model, prompt_ids, prompt_mask, response_ids, temperature: float, with_entropy: bool | str,
+                      shared_prefix: bool = True):
+    """log pi(response token | prefix) at `temperature` for each response position, and optionally the entropy
+    (see response_logits for the shared-prefix forward)."""
+    logits = response_logits(model, prompt_ids, prompt_mask, response_ids, shared_prefix)
     if temperature > 0:
         logits = logits / temperature
     lse = torch.logsumexp(logits, dim=-1)

@@ -20,6 +20,7 @@ class RolloutBatch:
     scores: torch.Tensor  # [B] shaped scores (reward + overlong penalty), the advantage input
     acc: torch.Tensor  # [B] accuracy (reward component "acc", else score >= 0.5)
     metrics: dict[str, float] = field(default_factory=dict)
+    samples: list = field(default_factory=list)  # [B] the Sample (prompt, answer) of each row
 
 
 def generate_and_score(ctx, tag: str) -> RolloutBatch:
@@ -40,7 +41,7 @@ def generate_and_score(ctx, tag: str) -> RolloutBatch:
         "reward/timeouts": float(stats.get("timeouts", 0)), "reward/errors": float(stats.get("errors", 0)),
         "timing/rollout": t1 - t0, "timing/reward": time.perf_counter() - t1,
     }
-    return RolloutBatch(traj, scores, acc, metrics)
+    return RolloutBatch(traj, scores, acc, metrics, rows)
 
 
 def overlong_shaping(cfg, traj: Trajectories) -> torch.Tensor:
@@ -71,7 +72,8 @@ def collect_batch(ctx) -> RolloutBatch:
         num_generated += len(set(batch.traj.uid))
         rows = [i for i, u in enumerate(batch.traj.uid) if u in keep]
         if rows:
-            kept.append(RolloutBatch(batch.traj.select(rows), batch.scores[rows], batch.acc[rows], batch.metrics))
+            kept.append(RolloutBatch(batch.traj.select(rows), batch.scores[rows], batch.acc[rows], batch.metrics,
+                                     [batch.samples[i] for i in rows]))
         num_kept += len(keep)
         if num_kept >= cfg.data.train_batch_size:
             break
@@ -82,8 +84,9 @@ def collect_batch(ctx) -> RolloutBatch:
                 "generation batches (raise it, or 0 for unlimited)")
     traj = Trajectories.concat([b.traj for b in kept])
     rows = list(range(cfg.data.train_batch_size * cfg.rollout.n))  # groups are contiguous: keep the first ones
+    samples = [s for b in kept for s in b.samples]
     merged = RolloutBatch(traj.select(rows), torch.cat([b.scores for b in kept])[rows],
-                          torch.cat([b.acc for b in kept])[rows])
+                          torch.cat([b.acc for b in kept])[rows], samples=[samples[i] for i in rows])
     merged.metrics = {**totals, "dapo/num_gen_batches": float(gen), "dapo/kept_groups_frac": num_kept / num_generated,
                       **batch_metrics(merged, cfg)}
     return merged
