@@ -32,7 +32,7 @@ def run_scirl(steps: int, warmup: int) -> list[float]:
     import torch
 
     from scirl.config import load_config
-    from scirl.data.datasets import tokenize_prompts
+    from scirl.data.prompts import tokenize_prompts
     from scirl.rewards import RewardPool
     from scirl.rollout.hf_engine import HFRolloutEngine
     from scirl.train.actor import Actor

@@ -194,15 +194,16 @@ def test_uniform_call(name):
     tlr, mask = _outcome([1, 0, 0.5, 1, 0, 0], [4, 3, 2, 4, 1, 2])
     tlr.requires_grad_(True)
     fn = get_advantage_estimator(name)
+    needed = {k: torch.zeros_like(tlr) for k in getattr(fn, "required_kwargs", ())}  # e.g. the hybrid's opd_rewards
     adv = fn(
         tlr, mask, ["a", "a", "a", "b", "b", "b"],
-        norm_adv_by_std_in_grpo=True, epsilon=1e-6, gamma=1.0, some_future_kwarg=123,
+        norm_adv_by_std_in_grpo=True, epsilon=1e-6, gamma=1.0, some_future_kwarg=123, **needed,
     )
     assert adv.shape == mask.shape and not adv.requires_grad
     assert torch.equal(adv[mask == 0], torch.zeros(int((mask == 0).sum())))
     assert torch.isfinite(adv).all()
     # the positional-only core call works too
-    assert fn(tlr.detach(), mask, ["a", "a", "a", "b", "b", "b"]).shape == mask.shape
+    assert fn(tlr.detach(), mask, ["a", "a", "a", "b", "b", "b"], **needed).shape == mask.shape
 
 
 @pytest.mark.parametrize("name", ["grpo", "rloo", "reinforce_plus_plus_baseline"])

@@ -144,6 +144,34 @@ class ActorConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Teacher signals: RLSD (actor.policy_loss: rlsd), SDPO (actor.policy_loss: sdpo) and on-policy distillation
+    (algorithm.adv_estimator: opd_token | opd_token_plus_grpo, or actor.policy_loss: opd_topk).
+    RLSD / SDPO names follow the RLSD seed (SDPO codebase): token_reweight_*, teacher_update_rate, max_reprompt_len."""
+
+    teacher: str = "none"  # none | ema (self-teacher, theta_T <- (1-a) theta_T + a theta_S) | reference | external
+    teacher_path: str | None = None  # the external teacher (OPD); must share the student's tokenizer
+    teacher_update_rate: float = 0.05  # EMA rate a, applied after each step with >= 1 optimizer step
+    teacher_context: str = "auto"  # auto (rlsd/sdpo: peer_solution, OPD: none) | peer_solution | reference | none
+    success_threshold: float = 0.5  # a peer solution must score at least this
+    include_environment_feedback: bool = False
+    reprompt_template: str = "{prompt}{solution}{feedback}\n\nCorrectly solve the original question."
+    solution_template: str = "\nCorrect solution:\n\n{solution}"
+    max_reprompt_len: int = 10240  # tokens of the teacher's context (right-truncated)
+    reprompt_enable_thinking: bool = False  # chat template flag for the teacher's context (SDPO: false)
+    token_reweight_lambda: float = 0.5  # RLSD lambda: A * ((1 - lambda) + lambda * w)
+    token_reweight_eps_w: float = 0.2  # RLSD: w clipped to [1 - eps_w, 1 + eps_w]
+    token_reweight_decay_steps: int = 0  # RLSD: lambda decays linearly to 0 over this many steps (0: constant)
+    sdpo_alpha: float = 0.5  # 0 forward KL(q||p), 1 reverse KL(p||q), between: generalized JSD
+    sdpo_topk: int = 100
+    sdpo_is_clip: float = 2.0
+    opd_topk: int = 16  # top-k OPD: the student's top-k tokens per position
+    opd_topk_weight: str = "student_p"  # student_p | teacher_p | none
+    opd_grpo_weight: float = 1.0  # opd_token_plus_grpo: A = A_opd + w * A_grpo
+    diagnostics_topk: int = 16  # teacher/student top-k overlap, overlap mass, entropy gap (0: off)
+
+
+@dataclass
 class TrainerConfig:
     total_steps: int = 30
     test_freq: int = 0  # validate every N steps (0: only at start and end)
@@ -165,6 +193,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     actor: ActorConfig = field(default_factory=ActorConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     @property

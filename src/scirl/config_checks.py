@@ -42,6 +42,7 @@ def validate(cfg: Config) -> None:
     _choice("rollout.engine", r.engine, ("hf",))
     _choice("trainer.device", t.device, ("auto", "cpu", "cuda"))
     _check_data(cfg)
+    _check_distill(cfg)
 
     if a.adv_estimator in GROUP_ESTIMATORS and r.n < 2:
         raise ScirlError(f"rollout.n={r.n}: {a.adv_estimator} needs at least 2 samples per prompt (set rollout.n >= 2)")
@@ -93,3 +94,58 @@ def _check_data(cfg: Config) -> None:
             raise ScirlError(f"{key}={value} must be >= 1 (or null for every row)")
     if d.max_prompt_length < 1:
         raise ScirlError(f"data.max_prompt_length={d.max_prompt_length} must be >= 1")
+
+
+DISTILL_LOSSES = ("rlsd", "sdpo", "opd_topk")
+OPD_ESTIMATORS = ("opd_token", "opd_token_plus_grpo")
+
+
+def uses_teacher(cfg: Config) -> bool:
+    """Whether a loss or an advantage estimator of this config reads teacher log-probs."""
+    return cfg.actor.policy_loss in DISTILL_LOSSES or cfg.algorithm.adv_estimator in OPD_ESTIMATORS
+
+
+def teacher_context(cfg: Config) -> str:
+    """distill.teacher_context with `auto` resolved: OPD scores the plain prompt, RLSD / SDPO a peer solution."""
+    ctx = cfg.distill.teacher_context
+    if ctx != "auto":
+        return ctx
+    return "peer_solution" if cfg.actor.policy_loss in ("rlsd", "sdpo") else "none"
+
+
+def _check_distill(cfg: Config) -> None:
+    ds, user = cfg.distill, (f"actor.policy_loss={cfg.actor.policy_loss}" if cfg.actor.policy_loss in DISTILL_LOSSES
+                             else f"algorithm.adv_estimator={cfg.algorithm.adv_estimator}")
+    _choice("distill.teacher", ds.teacher, ("none", "ema", "reference", "external"))
+    _choice("distill.teacher_context", ds.teacher_context, ("auto", "peer_solution", "reference", "none"))
+    _choice("distill.opd_topk_weight", ds.opd_topk_weight, ("student_p", "teacher_p", "none"))
+    if uses_teacher(cfg) and ds.teacher == "none":
+        raise ScirlError(f"{user} needs a teacher: set distill.teacher (ema: the RLSD / SDPO self-teacher; external "
+                         "with distill.teacher_path for on-policy distillation)")
+    if not uses_teacher(cfg) and ds.teacher != "none":
+        raise ScirlError(f"distill.teacher={ds.teacher} is unused: no loss or estimator reads a teacher (set "
+                         "actor.policy_loss to rlsd / sdpo / opd_topk or algorithm.adv_estimator to an opd_* one)")
+    if ds.teacher == "external" and not ds.teacher_path:
+        raise ScirlError("distill.teacher=external needs distill.teacher_path (a local folder or hub id)")
+    if ds.teacher_path and ds.teacher != "external":
+        raise ScirlError(f"distill.teacher_path is only read with distill.teacher=external (got {ds.teacher})")
+    for key, value, low, high in (("teacher_update_rate", ds.teacher_update_rate, 0, 1),
+                                  ("token_reweight_lambda", ds.token_reweight_lambda, 0, 1),
+                                  ("sdpo_alpha", ds.sdpo_alpha, 0, 1), ("success_threshold", ds.success_threshold,
+                                                                        -1e9, 1e9)):
+        if not low <= value <= high:
+            raise ScirlError(f"distill.{key}={value} must be in [{low}, {high}]")
+    for key, value in (("token_reweight_eps_w", ds.token_reweight_eps_w), ("token_reweight_decay_steps",
+                       ds.token_reweight_decay_steps), ("opd_grpo_weight", ds.opd_grpo_weight),
+                       ("diagnostics_topk", ds.diagnostics_topk)):
+        if value < 0:
+            raise ScirlError(f"distill.{key}={value} must be >= 0")
+    for key, value in (("sdpo_topk", ds.sdpo_topk), ("opd_topk", ds.opd_topk),
+                       ("max_reprompt_len", ds.max_reprompt_len)):
+        if value < 1:
+            raise ScirlError(f"distill.{key}={value} must be >= 1")
+    if ds.sdpo_is_clip <= 0:
+        raise ScirlError(f"distill.sdpo_is_clip={ds.sdpo_is_clip} must be > 0")
+    if cfg.actor.policy_loss in ("rlsd", "sdpo") and teacher_context(cfg) == "none":
+        raise ScirlError(f"actor.policy_loss={cfg.actor.policy_loss} needs a privileged teacher context: "
+                         "distill.teacher_context peer_solution or reference")

@@ -1,4 +1,4 @@
-"""RL algorithm building blocks: advantage estimators, policy losses, aggregation, KL, rollout correction, DAPO."""
+"""RL algorithm building blocks: advantages, losses, aggregation, KL, rollout correction, DAPO, RLSD, SDPO, OPD."""
 
 from scirl.algos import advantages, policy_loss  # noqa: F401  (imported so their functions register)
 from scirl.algos.aggregation import LOSS_AGG_MODES, aggregate_loss
@@ -21,6 +21,16 @@ from scirl.algos.registry import (
 )
 from scirl.algos.rollout_correction import rollout_correction_metrics, rollout_is_weights, rollout_rs_mask
 from scirl.algos.utils import entropy_from_logits, masked_mean, masked_whiten
+from scirl.algos.rlsd import rlsd_advantages, rlsd_lambda, rlsd_weight_stats  # also registers the "rlsd" loss
+from scirl.algos.sdpo import generalized_jsd, sdpo_loss, topk_with_tail
+from scirl.algos.opd import opd_diagnostics, opd_hybrid_advantages, opd_token_rewards, opd_topk_loss
+
+# Losses over whole next-token distributions (teacher vs student) replace the policy gradient; they take other
+# inputs than the PG losses, so the actor calls them itself (scirl.train.distill_losses). Registered so that
+# `actor.policy_loss` can name them.
+for _name, _fn in (("sdpo", sdpo_loss), ("opd_topk", opd_topk_loss)):
+    _fn.needs_distributions = True
+    register_policy_loss(_name)(_fn)
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -44,4 +54,14 @@ __all__ = [
     "rollout_correction_metrics",
     "overlong_penalty",
     "filter_groups",
+    "rlsd_advantages",
+    "rlsd_lambda",
+    "rlsd_weight_stats",
+    "topk_with_tail",
+    "generalized_jsd",
+    "sdpo_loss",
+    "opd_token_rewards",
+    "opd_topk_loss",
+    "opd_diagnostics",
+    "opd_hybrid_advantages",
 ]

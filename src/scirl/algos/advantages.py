@@ -177,3 +177,30 @@ def opd_token(
         mask = response_mask.to(dtype)
         zero = torch.zeros((), dtype=dtype, device=mask.device)
         return torch.where(mask != 0, token_level_rewards.to(dtype) * mask, zero)
+
+
+@register_advantage("opd_token_plus_grpo")
+def opd_token_plus_grpo(
+    token_level_rewards: Tensor,
+    response_mask: Tensor,
+    index: Sequence[str],
+    *,
+    opd_rewards: Tensor,
+    grpo_weight: float = 1.0,
+    norm_adv_by_std_in_grpo: bool = True,
+    **unused,
+) -> Tensor:
+    """Hybrid OPD (thunlp/OPD `token_reward_direct_plus_grpo`): A = A_opd + w * A_grpo.
+
+    `opd_rewards` are the per-token log pi_T - log pi_S (A_opd = opd_token of them); `token_level_rewards` carry
+    the outcome score that GRPO normalises within each group of `index`.
+    """
+    if opd_rewards is None:
+        raise ScirlError("opd_token_plus_grpo needs opd_rewards (the teacher's per-token log-prob gap)")
+    from scirl.algos.opd import opd_hybrid_advantages
+
+    outcome = grpo(token_level_rewards, response_mask, index, norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo)
+    return opd_hybrid_advantages(opd_token(opd_rewards, response_mask), outcome, grpo_weight)
+
+
+opd_token_plus_grpo.required_kwargs = ("opd_rewards",)  # inputs beyond the uniform call

@@ -9,9 +9,10 @@ from collections import defaultdict
 
 import torch
 
-from scirl.algos import aggregate_loss, get_policy_loss, kl_penalty, masked_mean
+from scirl.algos import aggregate_loss, get_policy_loss, kl_penalty, masked_mean, opd_diagnostics
 from scirl.config import Config
 from scirl.rollout.base import Trajectories
+from scirl.train.distill_losses import distill_terms, distribution_loss, rlsd_kwargs
 
 
 def lr_lambda(warmup: int, total: int, kind: str, min_ratio: float):
@@ -56,20 +57,27 @@ def response_log_softmax(model, prompt_ids, prompt_mask, response_ids, temperatu
     return torch.log_softmax(logits, dim=-1)
 
 
-def sequence_logprobs(model, prompt_ids, prompt_mask, response_ids, temperature: float, with_entropy: bool | str,
-                      shared_prefix: bool = True):
-    """log pi(response token | prefix) at `temperature` for each response position, and optionally the entropy
-    (see response_logits for the shared-prefix forward)."""
-    logits = response_logits(model, prompt_ids, prompt_mask, response_ids, shared_prefix)
+def logprobs_from_logits(logits, response_ids, temperature: float, with_entropy: bool | str):
+    """(log-prob of each response token, entropy or None) from response-position logits [B, R, V].
+
+    with_entropy="grad" keeps the entropy in the graph (entropy bonus); True computes it as a detached metric."""
     if temperature > 0:
         logits = logits / temperature
     lse = torch.logsumexp(logits, dim=-1)
     logp = torch.gather(logits, 2, response_ids.unsqueeze(-1)).squeeze(-1) - lse
     entropy = None
-    if with_entropy:  # with_entropy="grad" keeps it in the graph (entropy bonus); True computes it as a metric
+    if with_entropy:
         with torch.set_grad_enabled(with_entropy == "grad" and torch.is_grad_enabled()):
             entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
     return logp, entropy
+
+
+def sequence_logprobs(model, prompt_ids, prompt_mask, response_ids, temperature: float, with_entropy: bool | str,
+                      shared_prefix: bool = True):
+    """log pi(response token | prefix) at `temperature` for each response position, and optionally the entropy
+    (see response_logits for the shared-prefix forward)."""
+    logits = response_logits(model, prompt_ids, prompt_mask, response_ids, shared_prefix)
+    return logprobs_from_logits(logits, response_ids, temperature, with_entropy)
 
 
 def _shared_prefix_logits(model, u_ids, u_mask, inverse, prompt_mask, response_ids):
@@ -133,12 +141,13 @@ class Actor:
 
     def update(self, traj: Trajectories, advantages: torch.Tensor, old_logprobs: torch.Tensor | None = None,
                ref_logprobs: torch.Tensor | None = None, is_weights: torch.Tensor | None = None,
-               loss_mask: torch.Tensor | None = None) -> dict[str, float]:
+               loss_mask: torch.Tensor | None = None, teacher=None, step: int = 1) -> dict[str, float]:
         """One training step's policy update. Returns metrics averaged over optimizer steps.
 
         old_logprobs: lp_old (required unless one mini-batch and one epoch, where lp_old = sg(lp));
         ref_logprobs: for the KL loss; is_weights: rollout-correction weights; loss_mask: the response mask
-        after rejection sampling / overlong filtering (defaults to traj.response_mask)."""
+        after rejection sampling / overlong filtering (defaults to traj.response_mask); teacher: the step's
+        scirl.train.distill.TeacherBatch (RLSD / SDPO / OPD); step: the 1-indexed training step (RLSD decay)."""
         act = self.cfg.actor
         if old_logprobs is None and self.needs_old_logprobs(len(traj)):
             old_logprobs = self.logprobs(traj)
@@ -158,7 +167,7 @@ class Actor:
                 for micro in mini.split(act.ppo_micro_batch_size):
                     pick = lambda x: None if x is None else x[micro].to(self.device())  # noqa: E731
                     loss, metrics = self._micro_loss(traj, micro, pick(mask), pick(advantages), pick(old_logprobs),
-                                                     pick(ref_logprobs), pick(is_weights), denom)
+                                                     pick(ref_logprobs), pick(is_weights), denom, teacher, step)
                     loss.backward()
                     step_loss += float(loss.detach())
                     weight = float(mask[micro].sum()) / float(tokens)
@@ -167,6 +176,7 @@ class Actor:
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, act.grad_clip)
                 if math.isfinite(step_loss) and torch.isfinite(grad_norm):
                     self.optimizer.step()
+                    sums["actor/applied_updates"] += 1
                 else:  # never apply a non-finite update; count it and move on
                     self.optimizer.zero_grad(set_to_none=True)
                     self.skipped_updates += 1
@@ -174,28 +184,39 @@ class Actor:
                 sums["actor/grad_norm"] += float(grad_norm)
                 sums["actor/optimizer_steps"] += 1
         steps = sums.pop("actor/optimizer_steps")
-        metrics = {k: v / steps for k, v in sums.items() if k != "actor/skipped_updates"}
-        metrics["actor/skipped_updates"] = sums.get("actor/skipped_updates", 0.0)
+        counts = ("actor/skipped_updates", "actor/applied_updates")
+        metrics = {k: v / steps for k, v in sums.items() if k not in counts}
+        metrics.update({k: sums.get(k, 0.0) for k in counts})
         metrics["actor/lr"] = self.optimizer.param_groups[0]["lr"]
         with warnings.catch_warnings():  # torch warns when every optimizer step of this training step was skipped
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()
         return metrics
 
-    def _micro_loss(self, traj, micro, mask, adv, old, ref, is_weights, denom) -> tuple[torch.Tensor, dict]:
+    def _micro_loss(self, traj, micro, mask, adv, old, ref, is_weights, denom, teacher=None,
+                    step: int = 1) -> tuple[torch.Tensor, dict]:
         """Loss of one micro-batch, already scaled by the mini-batch normaliser: PG (+ KL) (- entropy bonus)."""
-        act, alg = self.cfg.actor, self.cfg.algorithm
-        logp, entropy = sequence_logprobs(self.model, *self._rows(traj, micro), self.cfg.rollout.temperature,
-                                          "grad" if act.entropy_coeff else True)
+        act, alg, temp = self.cfg.actor, self.cfg.algorithm, self.cfg.rollout.temperature
+        rows = self._rows(traj, micro)
+        logits = response_logits(self.model, *rows)
+        logp, entropy = logprobs_from_logits(logits, rows[2], temp, "grad" if act.entropy_coeff else True)
         old = logp.detach() if old is None else old
-        per_token, pg_metrics = self.policy_loss(logp, old, adv, mask, alg.clip_ratio_low, alg.clip_ratio_high,
-                                                 alg.clip_ratio_c, rollout_is_weights=is_weights)
+        dist = distill_terms(self.cfg, teacher, micro, logits, self.device()) if teacher is not None else None
+        if act.policy_loss in ("sdpo", "opd_topk"):  # the teacher's distribution replaces the policy gradient
+            per_token, pg_metrics = distribution_loss(self.cfg, dist, logp, old, mask, is_weights)
+        else:
+            extra = rlsd_kwargs(self.cfg, teacher, micro, self.device(), step) if act.policy_loss == "rlsd" else {}
+            per_token, pg_metrics = self.policy_loss(logp, old, adv, mask, alg.clip_ratio_low, alg.clip_ratio_high,
+                                                     alg.clip_ratio_c, rollout_is_weights=is_weights, **extra)
         agg = dict(mode=act.loss_agg_mode, max_len=self.cfg.rollout.max_new_tokens, denominator=denom)
         pg_loss = aggregate_loss(per_token, mask, **agg)
         loss = pg_loss - act.entropy_coeff * aggregate_loss(entropy, mask, **agg)
         metrics = {"actor/pg_loss": float(pg_loss.detach()),
                    "actor/entropy": float(masked_mean(entropy.detach(), mask))}
         metrics.update({f"actor/{k}": float(v) for k, v in pg_metrics.items()})
+        if dist is not None and self.cfg.distill.diagnostics_topk:
+            metrics.update({k: float(v) for k, v in opd_diagnostics(dist.student.detach(), dist.teacher, mask,
+                                                                      self.cfg.distill.diagnostics_topk).items()})
         if act.use_kl_loss:
             kl_loss = aggregate_loss(kl_penalty(logp, ref, act.kl_loss_type), mask, **agg)
             loss = loss + act.kl_loss_coef * kl_loss

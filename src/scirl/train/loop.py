@@ -21,6 +21,7 @@ from scirl.rewards import RewardPool
 from scirl.rollout.base import SamplingParams
 from scirl.rollout.hf_engine import HFRolloutEngine
 from scirl.train.actor import Actor
+from scirl.train.distill import make_teacher
 from scirl.train.model_loading import load_model_and_tokenizer, pick_device, resolve_model_path
 from scirl.train.step import StepContext, train_step
 from scirl.train.teachers import FrozenReference
@@ -54,11 +55,13 @@ def run_training(cfg: Config) -> dict:
     train_set, train_ids, val_set, val_ids = train_ps.samples, train_ps.ids, val_ps.samples, val_ps.ids
     actor = Actor(model, cfg)
     reference = None
-    if cfg.actor.use_kl_loss or cfg.algorithm.use_kl_in_reward:  # a frozen copy of the *initial* policy
+    if cfg.actor.use_kl_loss or cfg.algorithm.use_kl_in_reward or cfg.distill.teacher == "reference":
+        # a frozen copy of the *initial* policy
         reference = FrozenReference(cfg.model.path, cfg.model.dtype, pick_device(t.device),
                                     cfg.model.attn_implementation, cfg.actor.ppo_micro_batch_size, cfg.rollout.temperature)
     kc = cfg.algorithm.kl_ctrl
     kl_ctrl = make_kl_controller(kc.type, kc.kl_coef, kc.target_kl, kc.horizon) if cfg.algorithm.use_kl_in_reward else None
+    teacher = make_teacher(cfg, model, tokenizer, reference, pick_device(t.device))  # RLSD / SDPO / OPD
     engine = HFRolloutEngine(model, tokenizer)
     sampler = make_sampler(train_ps, d.train_batch_size, d.seed, d.shuffle)
     start = 0
@@ -70,6 +73,8 @@ def run_training(cfg: Config) -> dict:
         sampler.load_state_dict(state["sampler"])
         if kl_ctrl is not None and state.get("kl_ctrl"):
             kl_ctrl.load_state_dict(state["kl_ctrl"])
+        if cfg.distill.teacher == "ema":
+            teacher.load_state_dict(state["ema_teacher"])
         set_rng_state(state["rng"])
         start = state["step"]
         console.print(f"resumed from {ckpt} (step {start})")
@@ -90,13 +95,14 @@ def run_training(cfg: Config) -> dict:
             "optimizer": actor.optimizer.state_dict(), "scheduler": actor.scheduler.state_dict(),
             "sampler": sampler.state_dict(), "skipped_updates": actor.skipped_updates,
             "kl_ctrl": kl_ctrl.state_dict() if kl_ctrl is not None else None,
+            "ema_teacher": teacher.state_dict() if cfg.distill.teacher == "ema" else None,
         })
 
     def next_prompts():
         idx = sampler.next_batch()
         return [train_set[i] for i in idx], [train_ids[i] for i in idx]
 
-    ctx = StepContext(cfg, actor, engine, pool, next_prompts, reference, kl_ctrl)
+    ctx = StepContext(cfg, actor, engine, pool, next_prompts, reference, kl_ctrl, teacher, tokenizer)
     before_path = run_dir / "eval" / "step_0.json"
     console.print(f"train: {describe(train_ps)}\nval: {describe(val_ps)}", highlight=False)
     with pool, MetricsWriter(run_dir, resume_from_step=start) as writer:
@@ -105,6 +111,7 @@ def run_training(cfg: Config) -> dict:
         last_eval = before if start == 0 else None
         with StepProgress(t.total_steps, start, t.progress) as progress:
             for step in range(start + 1, t.total_steps + 1):
+                ctx.step = step
                 metrics = train_step(ctx)
                 metrics["data/epoch"] = sampler.epoch
                 writer.write(step, metrics)

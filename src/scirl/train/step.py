@@ -1,5 +1,6 @@
 """One RL training step, top to bottom: rollout + rewards (+ DAPO dynamic sampling) -> old / reference log-probs
--> loss mask and rollout correction -> token rewards (+ KL-in-reward) -> advantages -> actor update -> metrics."""
+-> teacher signals (RLSD / SDPO / OPD) -> loss mask and rollout correction -> token rewards (+ KL-in-reward)
+-> advantages -> actor update -> EMA teacher -> metrics."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from typing import Callable
 
 import torch
 
-from scirl.algos import get_advantage_estimator, kl_penalty, rollout_is_weights, rollout_rs_mask
+from scirl.algos import get_advantage_estimator, kl_penalty, opd_token_rewards, rollout_is_weights, rollout_rs_mask
 from scirl.algos.rollout_correction import rollout_correction_metrics
 from scirl.config import Config
+from scirl.config_checks import OPD_ESTIMATORS
+from scirl.train.distill import build_teacher_batch, ema_update
 from scirl.train.rollout_batch import RolloutBatch, collect_batch
 
 
@@ -24,6 +27,9 @@ class StepContext:
     next_prompts: Callable | None = None  # () -> (samples, prompt_ids): the next train_batch_size prompts
     reference: object | None = None  # scirl.train.teachers.FrozenReference, when a KL term needs it
     kl_ctrl: object | None = None  # KL-in-reward coefficient controller
+    teacher: object | None = None  # EMA / reference / external teacher, when RLSD, SDPO or OPD reads one
+    tokenizer: object | None = None  # builds the teacher's contexts
+    step: int = 1  # the 1-indexed training step being run (set by the loop)
 
 
 def train_step(ctx: StepContext) -> dict[str, float]:
@@ -32,11 +38,16 @@ def train_step(ctx: StepContext) -> dict[str, float]:
     traj, metrics = batch.traj, dict(batch.metrics)
     t1 = time.perf_counter()
 
-    rc = alg.rollout_correction
-    needs_old = ctx.actor.needs_old_logprobs(len(traj)) or rc.rollout_is or rc.rollout_rs or alg.use_kl_in_reward
+    rc, opd = alg.rollout_correction, alg.adv_estimator in OPD_ESTIMATORS
+    needs_old = (ctx.actor.needs_old_logprobs(len(traj)) or rc.rollout_is or rc.rollout_rs or alg.use_kl_in_reward
+                 or opd)
     old_lp = ctx.actor.logprobs(traj) if needs_old else None
     ref_lp = ctx.reference.logprobs(traj) if ctx.reference is not None else None
+    teacher = None if ctx.teacher is None else build_teacher_batch(
+        cfg, ctx.teacher, ctx.tokenizer, traj, batch.samples, batch.scores, metrics)  # reprompts + teacher lp
     loss_mask, is_weights = loss_mask_and_is_weights(cfg, traj, old_lp, metrics)
+    if cfg.actor.policy_loss == "sdpo":  # SDPO averages over tokens of rows that have a teacher context
+        loss_mask = loss_mask * teacher.mask.unsqueeze(-1).to(loss_mask.dtype)
 
     token_rewards = scores_to_token_rewards(batch.scores, traj.response_mask)
     if alg.use_kl_in_reward:  # r_t -= beta * kl(lp_old, lp_ref), then the controller adapts beta
@@ -45,13 +56,17 @@ def train_step(ctx: StepContext) -> dict[str, float]:
         current_kl = float((kl.sum(-1) / traj.response_mask.sum(-1).clamp(min=1)).mean())
         metrics.update({"reward/kl": current_kl, "reward/kl_coef": ctx.kl_ctrl.value})
         ctx.kl_ctrl.update(current_kl, n_steps=len(traj))  # verl: n_steps = sequences in the batch
+    opd_rewards = opd_token_rewards(teacher.logprobs, old_lp, traj.response_mask) if opd else None  # log pi_T - log pi_S
     advantages = get_advantage_estimator(alg.adv_estimator)(
-        token_rewards, traj.response_mask, traj.uid,
-        norm_adv_by_std_in_grpo=alg.norm_adv_by_std_in_grpo, gamma=alg.gamma,
+        opd_rewards if alg.adv_estimator == "opd_token" else token_rewards, traj.response_mask, traj.uid,
+        norm_adv_by_std_in_grpo=alg.norm_adv_by_std_in_grpo, gamma=alg.gamma, opd_rewards=opd_rewards,
+        grpo_weight=cfg.distill.opd_grpo_weight,
     )
     t2 = time.perf_counter()
 
-    metrics.update(ctx.actor.update(traj, advantages, old_lp, ref_lp, is_weights, loss_mask))
+    update = ctx.actor.update(traj, advantages, old_lp, ref_lp, is_weights, loss_mask, teacher, ctx.step)
+    ema_update(cfg, ctx.teacher, ctx.actor.model, update)  # theta_T <- (1 - a) theta_T + a theta_S
+    metrics.update(update)
     ctx.engine.update_weights(None)  # hf engine shares the module; a vllm engine would sync here
     t3 = time.perf_counter()
     token_adv = advantages[loss_mask.bool()]
@@ -60,6 +75,8 @@ def train_step(ctx: StepContext) -> dict[str, float]:
         "adv/std": token_adv.std().item() if token_adv.numel() > 1 else 0.0,
         "timing/old_ref_adv": t2 - t1, "timing/update": t3 - t2, "timing/step": t3 - t0,
     })
+    if opd:
+        metrics["opd/token_reward_mean"] = float(opd_rewards[traj.response_mask.bool()].mean())
     return metrics
 
 

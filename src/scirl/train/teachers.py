@@ -1,15 +1,51 @@
-"""Models that only score tokens: the frozen reference policy (for KL terms). They never hold optimizer state."""
+"""Models that only score tokens: the frozen reference policy (KL terms), the EMA self-teacher (RLSD / SDPO) and an
+external teacher (on-policy distillation). They never hold optimizer state: every parameter has requires_grad False,
+the module stays in eval mode and every forward runs under no_grad."""
 
 from __future__ import annotations
 
+import copy
+import math
+
 import torch
 
+from scirl.errors import ScirlError
 from scirl.rollout.base import Trajectories
-from scirl.train.actor import batched_logprobs
+from scirl.train.actor import batched_logprobs, response_log_softmax
 from scirl.train.model_loading import load_model_and_tokenizer
 
 
-class FrozenReference:
+class _Teacher:
+    """Scoring methods shared by every teacher: `self.model`, `self.micro_batch_size`, `self.temperature`."""
+
+    model: torch.nn.Module
+    micro_batch_size: int
+    temperature: float
+
+    def _freeze(self) -> None:
+        self.model.eval().requires_grad_(False)
+        for p in self.model.parameters():
+            p.grad = None
+
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def logprobs(self, traj: Trajectories) -> torch.Tensor:
+        """Per-token log-probs [B, R] of traj's responses under the teacher: micro-batched, on CPU, 0 on padding."""
+        return batched_logprobs(self.model, traj, self.micro_batch_size, self.temperature)
+
+    @torch.no_grad()
+    def log_softmax(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                    response_ids: torch.Tensor) -> torch.Tensor:
+        """log pi_T(. | prompt, earlier response tokens) over the whole vocabulary, [B, R, V], on the teacher's
+        device, at the teacher's temperature (one forward: callers micro-batch)."""
+        dev = self.device()
+        return response_log_softmax(self.model, prompt_ids.to(dev), prompt_mask.to(dev), response_ids.to(dev),
+                                    self.temperature)
+
+
+class FrozenReference(_Teacher):
     """The initial policy, frozen: per-token log-probs of given (prompt, response) pairs."""
 
     def __init__(self, path: str, dtype: str, device: str, attn: str, micro_batch_size: int, temperature: float):
@@ -18,6 +54,74 @@ class FrozenReference:
         self.micro_batch_size = micro_batch_size
         self.temperature = temperature
 
+
+class EMATeacher(_Teacher):
+    """A self-teacher with its own weights theta_T, initialised to the student's (theta_T = theta_0) and moved
+    towards it after each training step: theta_T <- (1 - rate) theta_T + rate theta_S.
+
+    Works with any nn.Module (update / state_dict); logprobs / log_softmax need a causal LM. Buffers (rotary
+    inv_freq and the like: constants of the architecture) are copied from the student on each update, not averaged.
+    """
+
+    def __init__(self, student_model: torch.nn.Module, micro_batch_size: int = 8, temperature: float = 1.0):
+        self.model = copy.deepcopy(student_model)
+        self._freeze()
+        self.micro_batch_size = micro_batch_size
+        self.temperature = temperature
+
     @torch.no_grad()
-    def logprobs(self, traj: Trajectories) -> torch.Tensor:
-        return batched_logprobs(self.model, traj, self.micro_batch_size, self.temperature)
+    def update(self, student_model: torch.nn.Module, rate: float) -> None:
+        """theta_T <- (1 - rate) theta_T + rate theta_S for every parameter (in place); buffers are copied."""
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or math.isnan(rate) or not 0 <= rate <= 1:
+            raise ScirlError(f"distill.teacher_update_rate must be a number in [0, 1], got {rate!r}")
+        mine = dict(self.model.named_parameters())
+        theirs = dict(student_model.named_parameters())
+        if mine.keys() != theirs.keys():
+            missing = sorted(mine.keys() ^ theirs.keys())[:3]
+            raise ValueError(f"EMATeacher.update: the student's parameters differ from the teacher's ({missing})")
+        for name, t in mine.items():
+            t.lerp_(theirs[name].detach().to(device=t.device, dtype=t.dtype), float(rate))
+        buffers = dict(student_model.named_buffers())
+        for name, b in self.model.named_buffers():
+            if name in buffers:
+                b.copy_(buffers[name].to(b.device))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The teacher's own tensors (for checkpoints)."""
+        return self.model.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state_dict)
+        self._freeze()
+
+
+def tokenizer_mismatch(teacher_tokenizer, student_tokenizer) -> str | None:
+    """Why two tokenizers would tokenize differently (vocabulary, eos id), or None when they match."""
+    tv, sv = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    if len(tv) != len(sv):
+        return f"vocab sizes {len(tv)} vs {len(sv)}"
+    if tv != sv:
+        token = min((tok for tok in sv if tv.get(tok) != sv[tok]), key=sv.__getitem__)
+        where = f"id {tv[token]}" if token in tv else "missing"
+        return f"first differing token {token!r}: teacher {where}, student id {sv[token]}"
+    if teacher_tokenizer.eos_token_id != student_tokenizer.eos_token_id:
+        return f"eos ids {teacher_tokenizer.eos_token_id} vs {student_tokenizer.eos_token_id}"
+    return None
+
+
+class ExternalTeacher(_Teacher):
+    """Another (frozen) model sharing the student's tokenizer: the teacher of on-policy distillation."""
+
+    def __init__(self, path: str, dtype: str, device: str, attn: str, micro_batch_size: int, temperature: float,
+                 student_tokenizer):
+        try:
+            self.model, self.tokenizer = load_model_and_tokenizer(path, dtype, device, attn)
+        except ScirlError as e:  # its messages name model.path; this path is distill.teacher_path
+            raise ScirlError(str(e).replace("model.path:", "distill.teacher_path:", 1)) from None
+        reason = tokenizer_mismatch(self.tokenizer, student_tokenizer)
+        if reason is not None:
+            raise ScirlError(f"distill.teacher_path: the teacher's tokenizer differs from the student's ({reason}); "
+                             "on-policy distillation scores the student's tokens, so both must share one tokenizer")
+        self._freeze()
+        self.micro_batch_size = micro_batch_size
+        self.temperature = temperature
