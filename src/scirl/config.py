@@ -152,13 +152,13 @@ class DistillConfig:
     teacher: str = "none"  # none | ema (self-teacher, theta_T <- (1-a) theta_T + a theta_S) | reference | external
     teacher_path: str | None = None  # the external teacher (OPD); must share the student's tokenizer
     teacher_update_rate: float = 0.05  # EMA rate a, applied after each step with >= 1 optimizer step
-    teacher_context: str = "auto"  # auto (rlsd/sdpo: peer_solution, OPD: none) | peer_solution | reference | none
+    teacher_context: str = "auto"  # auto (external teacher: none, self-teacher: peer_solution) | peer_solution |
+    # reference (the gold answer as the solution) | none (the student's prompt as is)
     success_threshold: float = 0.5  # a peer solution must score at least this
     include_environment_feedback: bool = False
     reprompt_template: str = "{prompt}{solution}{feedback}\n\nCorrectly solve the original question."
     solution_template: str = "\nCorrect solution:\n\n{solution}"
     max_reprompt_len: int = 10240  # tokens of the teacher's context (right-truncated)
-    reprompt_enable_thinking: bool = False  # chat template flag for the teacher's context (SDPO: false)
     token_reweight_lambda: float = 0.5  # RLSD lambda: A * ((1 - lambda) + lambda * w)
     token_reweight_eps_w: float = 0.2  # RLSD: w clipped to [1 - eps_w, 1 + eps_w]
     token_reweight_decay_steps: int = 0  # RLSD: lambda decays linearly to 0 over this many steps (0: constant)

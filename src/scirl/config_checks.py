@@ -106,10 +106,13 @@ def uses_teacher(cfg: Config) -> bool:
 
 
 def teacher_context(cfg: Config) -> str:
-    """distill.teacher_context with `auto` resolved: OPD scores the plain prompt, RLSD / SDPO a peer solution."""
+    """distill.teacher_context with `auto` resolved: an external teacher (OPD) reads the plain prompt, a self-teacher
+    (RLSD / SDPO) the prompt plus a peer solution."""
     ctx = cfg.distill.teacher_context
     if ctx != "auto":
         return ctx
+    if cfg.distill.teacher == "external":
+        return "none"
     return "peer_solution" if cfg.actor.policy_loss in ("rlsd", "sdpo") else "none"
 
 
@@ -146,6 +149,6 @@ def _check_distill(cfg: Config) -> None:
             raise ScirlError(f"distill.{key}={value} must be >= 1")
     if ds.sdpo_is_clip <= 0:
         raise ScirlError(f"distill.sdpo_is_clip={ds.sdpo_is_clip} must be > 0")
-    if cfg.actor.policy_loss in ("rlsd", "sdpo") and teacher_context(cfg) == "none":
-        raise ScirlError(f"actor.policy_loss={cfg.actor.policy_loss} needs a privileged teacher context: "
-                         "distill.teacher_context peer_solution or reference")
+    if ds.teacher in ("ema", "reference") and teacher_context(cfg) == "none":
+        raise ScirlError(f"distill.teacher={ds.teacher} with distill.teacher_context=none: a copy of the student "
+                         "reading the same prompt teaches nothing; give it peer_solution or reference context")

@@ -44,7 +44,7 @@ def reprompt_config(cfg: Config) -> RepromptConfig:
     return RepromptConfig(context=teacher_context(cfg), success_threshold=ds.success_threshold,
                           template=ds.reprompt_template, solution_template=ds.solution_template,
                           include_feedback=ds.include_environment_feedback, max_len=ds.max_reprompt_len,
-                          enable_thinking=ds.reprompt_enable_thinking)
+                          enable_thinking=cfg.data.enable_thinking)  # as the student's prompt (SDPO)
 
 
 def needs_token_logprobs(cfg: Config) -> bool:
