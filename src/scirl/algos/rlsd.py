@@ -106,7 +106,7 @@ def rlsd_weight_stats(
 ) -> dict[str, Tensor]:
     """Detached scalar metrics of the RLSD weights.
 
-    rlsd/weight_mean: mean clipped w over response tokens of rows with a teacher context;
+    rlsd/weight_mean: mean clipped w over response tokens of rows with a teacher context (1 when there are none);
     rlsd/clip_frac: fraction of those tokens whose raw weight lay outside [1 - eps_w, 1 + eps_w];
     rlsd/context_frac: fraction of all B rows with a teacher context (a [B, T] mask is reduced with any()).
     """
@@ -116,8 +116,9 @@ def rlsd_weight_stats(
     clipped = raw.clamp(1.0 - eps_w, 1.0 + eps_w)
     valid = (ctx & (response_mask != 0)).float()
     rows = (mask != 0) if mask.dim() == 1 else (mask != 0).any(dim=-1)
+    neutral = torch.ones((), device=raw.device)  # no token with a context: the weight is 1 (plain advantage)
     return {
-        "rlsd/weight_mean": masked_mean(clipped, valid),
+        "rlsd/weight_mean": masked_mean(clipped, valid) if valid.sum() > 0 else neutral,
         "rlsd/clip_frac": masked_mean((raw != clipped).float(), valid),
         "rlsd/context_frac": rows.float().mean() if rows.numel() else torch.zeros((), device=raw.device),
     }

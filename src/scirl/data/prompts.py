@@ -100,7 +100,7 @@ def dedup_by_prompt(samples: list[Sample]) -> tuple[list[Sample], int]:
     return kept, len(samples) - len(kept)
 
 
-def _chat_ids(tokenizer, messages, enable_thinking: bool) -> list[int]:
+def chat_ids(tokenizer, messages, enable_thinking: bool) -> list[int]:
     out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                         enable_thinking=enable_thinking)
     return list(out["input_ids"] if hasattr(out, "keys") else out)
@@ -115,7 +115,7 @@ def tokenize_prompts(samples: list[Sample], tokenizer, max_len: int, enable_thin
         raise ScirlError(f"data.truncation: unknown mode {truncation!r}; expected one of {', '.join(TRUNCATION_MODES)}")
     kept, ids, over = [], [], 0
     for s in samples:
-        tokens = _chat_ids(tokenizer, s.messages, enable_thinking)
+        tokens = chat_ids(tokenizer, s.messages, enable_thinking)
         if len(tokens) > max_len:
             over += 1
             if truncation == "drop":

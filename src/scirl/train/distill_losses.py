@@ -9,6 +9,7 @@ import torch
 
 from scirl.algos import opd_topk_loss, rlsd_lambda, sdpo_loss
 from scirl.config import Config
+from scirl.errors import ScirlError
 
 
 @dataclass
@@ -27,6 +28,9 @@ def distill_terms(cfg: Config, teacher_batch, micro: torch.Tensor, logits: torch
     t = teacher_batch.traj
     rows = (t.prompt_ids[micro].to(device), t.prompt_mask[micro].to(device), t.response_ids[micro].to(device))
     teacher = teacher_batch.teacher.log_softmax(*rows).to(student.dtype)
+    if teacher.shape[-1] != student.shape[-1]:
+        raise ScirlError(f"distill.teacher_path: the teacher's vocabulary has {teacher.shape[-1]} logits and the "
+                         f"student's {student.shape[-1]}; distribution losses and diagnostics need one vocabulary")
     return Distributions(student, teacher, teacher_batch.mask[micro].to(device))
 
 

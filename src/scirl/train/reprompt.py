@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from scirl.data.prompts import _chat_ids
+from scirl.data.prompts import chat_ids
 from scirl.data.sample import Sample
 from scirl.errors import ScirlError
 from scirl.rollout.base import Trajectories
@@ -144,7 +144,7 @@ def teacher_batch(traj: Trajectories, contexts: list[list[dict] | None], mask, t
     prompts = []
     for i, ctx in enumerate(contexts):
         if ctx is not None and mask_t[i]:
-            prompts.append(_chat_ids(tokenizer, ctx, cfg.enable_thinking)[: cfg.max_len])
+            prompts.append(chat_ids(tokenizer, ctx, cfg.enable_thinking)[: cfg.max_len])
         else:
             prompts.append(traj.prompt_ids[i][traj.prompt_mask[i].bool()].tolist())
     ids, pmask = left_pad(prompts, traj.pad_id)
