@@ -1,0 +1,1 @@
+"""Atomic checkpoints: save, find the latest, resume."""

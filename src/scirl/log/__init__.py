@@ -1,0 +1,1 @@
+"""Run logging: console progress and tables, metrics.jsonl."""

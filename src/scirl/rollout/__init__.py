@@ -1,0 +1,1 @@
+"""Rollout engines: the Trajectories type and the transformers engine."""

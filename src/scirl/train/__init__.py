@@ -1,0 +1,1 @@
+"""Training: the actor, the step, the run loop, teachers and distillation wiring."""
