@@ -175,3 +175,19 @@ def test_tiny_recipes_run(tmp_path, recipe):
     cfg = load_config(REPO / "recipes" / f"{recipe}.yaml", small_overrides(tmp_path))
     summary = run_training(cfg)
     assert summary["steps"] == 2 and summary["skipped_updates"] == 0
+
+
+def test_frozen_reference_as_the_teacher_never_moves(tmp_path, tiny_model_and_tokenizer):
+    from scirl.train.teachers import FrozenReference
+
+    model, tok = tiny_model_and_tokenizer
+    cfg = load_config(None, small_overrides(tmp_path, **{**RLSD, "distill.teacher": "reference"}))
+    reference = FrozenReference(cfg.model.path, "float32", "cpu", "sdpa", 8, 1.0)
+    ctx = step_ctx(tmp_path, tiny_model_and_tokenizer, {**RLSD, "distill.teacher": "reference"})
+    ctx.teacher = make_teacher(ctx.cfg, ctx.actor.model, tok, reference, "cpu")
+    assert ctx.teacher is reference
+    before = {k: v.clone() for k, v in reference.model.state_dict().items()}
+    metrics = train_step(ctx)
+    assert "actor/rlsd/weight_mean" in metrics
+    assert all(torch.equal(before[k], v) for k, v in reference.model.state_dict().items())
+    assert any(not torch.equal(before[k], v) for k, v in ctx.actor.model.state_dict().items())

@@ -42,7 +42,7 @@ def train_step(ctx: StepContext) -> dict[str, float]:
     needs_old = (ctx.actor.needs_old_logprobs(len(traj)) or rc.rollout_is or rc.rollout_rs or alg.use_kl_in_reward
                  or opd)
     old_lp = ctx.actor.logprobs(traj) if needs_old else None
-    ref_lp = ctx.reference.logprobs(traj) if ctx.reference is not None else None
+    ref_lp = ctx.reference.logprobs(traj) if cfg.actor.use_kl_loss or alg.use_kl_in_reward else None
     teacher = None if ctx.teacher is None else build_teacher_batch(
         cfg, ctx.teacher, ctx.tokenizer, traj, batch.samples, batch.scores, metrics)  # reprompts + teacher lp
     loss_mask, is_weights = loss_mask_and_is_weights(cfg, traj, old_lp, metrics)
