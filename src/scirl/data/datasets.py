@@ -51,7 +51,6 @@ class DatasetSpec:
     variants: tuple[str, ...] = ("default",)
     reward_info: dict = field(default_factory=dict)
     correct_threshold: float = 0.5
-    hub_id: str | None = None
     description: str = ""
 
 
@@ -59,7 +58,7 @@ DATASETS: dict[str, DatasetSpec] = {}
 
 
 def register_dataset(name: str, *, reward: str, template: str = "cot_boxed", variants: tuple[str, ...] = ("default",),
-                     reward_info: dict | None = None, correct_threshold: float = 0.5, hub_id: str | None = None,
+                     reward_info: dict | None = None, correct_threshold: float = 0.5,
                      description: str = "") -> Callable:
     """Decorator: register `loader(LoadRequest) -> list[Sample]` as dataset `name` with its defaults."""
 
@@ -67,7 +66,7 @@ def register_dataset(name: str, *, reward: str, template: str = "cot_boxed", var
         if name in DATASETS and DATASETS[name].loader is not loader:
             raise ScirlError(f"dataset {name!r} is already registered")
         DATASETS[name] = DatasetSpec(name, loader, reward, template, tuple(variants), dict(reward_info or {}),
-                                     correct_threshold, hub_id, description)
+                                     correct_threshold, description)
         return loader
 
     return deco
@@ -84,9 +83,10 @@ def get_dataset(name: str) -> DatasetSpec:
     return DATASETS[name]
 
 
-def known_datasets() -> list[str]:
+def find_dataset(name: str) -> DatasetSpec | None:
+    """The registered dataset `name`, or None (no error): e.g. to pick a default for a data_source label."""
     _ensure_registered()
-    return sorted(DATASETS)
+    return DATASETS.get(name)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
@@ -175,15 +175,11 @@ def load_source(src: SourceSpec, role: str, size: int | None, seed: int, data_di
     if src.path is not None:
         from scirl.data.local_files import load_local_file
 
-        samples = load_local_file(src.path, fields or {}, data_source=src.label, key=key)
-        if size is not None:
-            samples = samples[:size]
+        samples = load_local_file(src.path, fields or {}, data_source=src.label, key=key)[:size]
     else:
         spec = get_dataset(src.name)
         req = LoadRequest(variant=src.variant or spec.variants[0], data_dir=data_dir, role=role, size=size, seed=seed)
-        samples = spec.loader(req)
-        if size is not None:
-            samples = samples[:size]
+        samples = spec.loader(req)[:size]
         for s in samples:
             s.data_source = src.label
             if s.reward is None:
@@ -194,12 +190,14 @@ def load_source(src: SourceSpec, role: str, size: int | None, seed: int, data_di
     return samples
 
 
+def load_sources(sources: list[SourceSpec], role: str, size: int | None, seed: int, data_dir: Path | None,
+                 fields: dict | None = None, key: str = "data") -> list[Sample]:
+    """The samples of every source, concatenated in the order given."""
+    return [s for src in sources for s in load_source(src, role, size, seed, data_dir, fields, key)]
+
+
 def load_dataset_split(name: str, split: str, size: int | None, seed: int, data_dir=None,
                        fields: dict | None = None) -> list[Sample]:
     """Every source of `name` (a source list) for role `split`, concatenated in the order given."""
     key = f"data.{split}"
-    root = resolve_data_dir(data_dir)
-    out: list[Sample] = []
-    for src in parse_sources(name, key):
-        out.extend(load_source(src, split, size, seed, root, fields, key))
-    return out
+    return load_sources(parse_sources(name, key), split, size, seed, resolve_data_dir(data_dir), fields, key)

@@ -75,6 +75,18 @@ def read_rows(path: Path, key: str = "data") -> list[tuple[int, dict]]:
     return _read(path, key)[0]
 
 
+def read_jsonl(path: Path, key: str = "data") -> list[tuple[int, dict]]:
+    """(1-based line number, row dict) for every line of a JSON Lines file, whatever its name ends with."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScirlError(f"{key}: file {str(path)!r} not found")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ScirlError(f"{key}: {path}: not UTF-8 text ({_short(e)})") from None
+    return _jsonl_rows(text, path, key)
+
+
 def _json_rows(data: Any) -> list[tuple[int, Any]]:
     if isinstance(data, list):
         return list(enumerate(data, 1))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from scirl.data.datasets import load_source, parse_sources, resolve_data_dir
+from scirl.data.datasets import load_sources, parse_sources, resolve_data_dir
 from scirl.data.prompts import apply_template, dedup_by_prompt, tokenize_prompts
 from scirl.data.sample import Sample
 from scirl.data.sampler import MixturePromptSampler, PromptSampler
@@ -57,11 +57,8 @@ def load_prompt_set(d, role: str, spec: str | None = None, size: int | None = No
     spec = spec if spec is not None else (d.train if role == "train" else d.val)
     if size is None:
         size = d.train_size if role == "train" else d.val_size
-    root = resolve_data_dir(d.data_dir)
     sources = parse_sources(spec, key)
-    samples: list[Sample] = []
-    for src in sources:
-        samples += load_source(src, role, size, d.seed, root, d.fields, key)
+    samples = load_sources(sources, role, size, d.seed, resolve_data_dir(d.data_dir), d.fields, key)
     if need_answers:
         require_answers(samples, key)
     apply_template(samples, d.template, d.system_prompt)

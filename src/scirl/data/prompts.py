@@ -68,10 +68,9 @@ def source(s: Sample) -> tuple[str | None, str]:
 
 def default_template(sample: Sample) -> str:
     """The template `auto` picks: the sample's dataset default, else plain."""
-    from scirl.data.datasets import DATASETS
+    from scirl.data.datasets import find_dataset
 
-    name = str(sample.data_source).split("/")[0]
-    spec = DATASETS.get(name)
+    spec = find_dataset(str(sample.data_source).split("/")[0])
     return spec.template if spec is not None else "plain"
 
 

@@ -75,7 +75,6 @@ def _dapo(rows: Rows, prefix: str, raw_field: str | None, unique_index: bool) ->
 
 
 @register_dataset("aime24", reward="math", template="cot_boxed", variants=("qwen", "opd", "dapo"),
-                  hub_id="math-ai/aime24",
                   description="AIME 2024, 30 problems: qwen (Qwen2.5-Math copy), opd (zero-padded answers), "
                               "dapo (DAPO eval set, 30 x 32 repeats = 960 rows)")
 def aime24(req: LoadRequest) -> list[Sample]:
@@ -88,7 +87,7 @@ def aime24(req: LoadRequest) -> list[Sample]:
     return _plain(rows, "aime24", extra=("solution", "url"))
 
 
-@register_dataset("aime25", reward="math", template="cot_boxed", variants=("default",), hub_id="math-ai/aime25",
+@register_dataset("aime25", reward="math", template="cot_boxed", variants=("default",),
                   description="AIME 2025 I and II, 30 problems (thunlp/OPD copy)")
 def aime25(req: LoadRequest) -> list[Sample]:
     rows = dataset_rows(req, "aime25", "aime25/test.json", Hub("math-ai/aime25", "test"))
@@ -101,7 +100,7 @@ def aime25(req: LoadRequest) -> list[Sample]:
     return samples
 
 
-@register_dataset("amc23", reward="math", template="cot_boxed", variants=("qwen", "opd83"), hub_id="math-ai/amc23",
+@register_dataset("amc23", reward="math", template="cot_boxed", variants=("qwen", "opd83"),
                   description="AMC 2023: qwen (40 problems, Qwen2.5-Math) or opd83 (83-problem DeepScaleR AMC set)")
 def amc23(req: LoadRequest) -> list[Sample]:
     if req.variant == "opd83":
@@ -110,7 +109,7 @@ def amc23(req: LoadRequest) -> list[Sample]:
     return _plain(rows, "amc23", extra=("url",))
 
 
-@register_dataset("gsm8k", reward="math", template="cot_boxed", variants=("default",), hub_id="openai/gsm8k",
+@register_dataset("gsm8k", reward="math", template="cot_boxed", variants=("default",),
                   description="GSM8K test, 1319 grade-school word problems")
 def gsm8k(req: LoadRequest) -> list[Sample]:
     rows = dataset_rows(req, "gsm8k", "gsm8k/test.jsonl", Hub("openai/gsm8k", "test", "main"))
@@ -127,7 +126,6 @@ def gsm8k(req: LoadRequest) -> list[Sample]:
 
 
 @register_dataset("dapo_math_17k", reward="math", template="cot_boxed", variants=("default",),
-                  hub_id="BytedTsinghua-SIA/DAPO-Math-17k",
                   description="DAPO-Math-17k: 17,917 integer-answer problems (one row per DAPO index)")
 def dapo_math_17k(req: LoadRequest) -> list[Sample]:
     rows = dataset_rows(req, "dapo_math_17k", "dapo_math_17k/dapo-math-17k.parquet",

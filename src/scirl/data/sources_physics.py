@@ -61,7 +61,7 @@ def _ske_sdpo_sample(rows: Rows, n: int, row: dict) -> Sample:
                   metadata={k: v for k, v in meta.items() if v not in (None, "")}, problem=problem)
 
 
-@register_dataset(SKE, reward="mcq", template="answer_tag", hub_id=SKE_HUB,
+@register_dataset(SKE, reward="mcq", template="answer_tag",
                   variants=("v2", "sdpo_train", "sdpo_test", "v1") + SKE_V2,
                   description="SciKnowEval physics MCQs: v2 (5 tasks, 3,647), sdpo_train/test (720/80 of "
                               "general_physics_calculation, SDPO format), v1 (698 high-school calculations), "
@@ -115,7 +115,7 @@ def _closes_at_end(s: str, brace: int) -> bool:
     return False
 
 
-@register_dataset("phybench", reward="eed", template="cot_boxed", correct_threshold=1.0, hub_id="Eureka-Lab/PHYBench",
+@register_dataset("phybench", reward="eed", template="cot_boxed", correct_threshold=1.0,
                   variants=("answered", "all", "unanswered"),
                   description="PHYBench: answered (100 with LaTeX answers, EED-graded), all (499), "
                               "unanswered (399 prompt-only; id 778 has no question text and is skipped)")
@@ -173,7 +173,7 @@ def _precision(error) -> float | list[float | None] | None:
     return values[0] if len(values) == 1 else values
 
 
-@register_dataset("olympiadbench_physics", reward="math", template="cot_boxed", hub_id="Hothan/OlympiadBench",
+@register_dataset("olympiadbench_physics", reward="math", template="cot_boxed",
                   variants=("auto_scorable", "no_figures", "all"),
                   description="OlympiadBench English physics: auto_scorable (666), no_figures (auto-scorable "
                               "without a figure), all (793; non-auto-scorable rows unanswered)")

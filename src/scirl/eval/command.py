@@ -28,12 +28,9 @@ recomputes the metrics of a samples file without generating (prompts with differ
 the smallest count, and the JSON says so)."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ScirlError(f"scirl eval: {message}")
-
-
 def _parser() -> argparse.ArgumentParser:
+    from scirl.cli import _Parser  # argparse that raises a one-line ScirlError
+
     p = _Parser(prog="scirl eval", add_help=False)
     p.add_argument("--model", default=None)
     p.add_argument("--data", default=None)
@@ -219,30 +216,21 @@ REQUIRED = ("prompt_id", "data_source", "sample", "score")
 
 def read_samples(path: Path) -> list[dict]:
     """Rows of a samples.jsonl; a malformed row is an error naming its line."""
-    if not path.is_file():
-        raise ScirlError(f"--from-samples: file {str(path)!r} not found")
+    from scirl.data.local_files import read_jsonl
+
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f.read().split("\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise ScirlError(f"{path} line {line_no}: invalid JSON ({e})") from None
-            if not isinstance(row, dict):
-                raise ScirlError(f"{path} line {line_no}: expected a JSON object")
-            missing = [k for k in REQUIRED if k not in row]
-            if missing:
-                raise ScirlError(f"{path} line {line_no}: missing field(s) {', '.join(missing)}")
-            try:
-                row["score"] = float(row["score"])
-                row["sample"] = int(row["sample"])
-            except (TypeError, ValueError):
-                raise ScirlError(f"{path} line {line_no}: 'score' must be a number and 'sample' an int") from None
-            if not math.isfinite(row["score"]):
-                raise ScirlError(f"{path} line {line_no}: score {row['score']} is not finite")
-            records.append(row)
+    for line_no, row in read_jsonl(path, "--from-samples"):  # names the file and line of a malformed row
+        missing = [k for k in REQUIRED if k not in row]
+        if missing:
+            raise ScirlError(f"{path} line {line_no}: missing field(s) {', '.join(missing)}")
+        try:
+            row["score"] = float(row["score"])
+            row["sample"] = int(row["sample"])
+        except (TypeError, ValueError):
+            raise ScirlError(f"{path} line {line_no}: 'score' must be a number and 'sample' an int") from None
+        if not math.isfinite(row["score"]):
+            raise ScirlError(f"{path} line {line_no}: score {row['score']} is not finite")
+        records.append(row)
     if not records:
         raise ScirlError(f"--from-samples: {path} has no rows")
     return records

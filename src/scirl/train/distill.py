@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from scirl.config import Config
-from scirl.config_checks import teacher_context, uses_teacher
+from scirl.config_checks import OPD_ESTIMATORS, teacher_context, uses_teacher
 from scirl.rollout.base import Trajectories
 from scirl.train.reprompt import RepromptConfig, build_contexts, teacher_batch
 
@@ -49,7 +49,7 @@ def reprompt_config(cfg: Config) -> RepromptConfig:
 
 def needs_token_logprobs(cfg: Config) -> bool:
     """RLSD and sampled-token OPD read the teacher's log-prob of each sampled token before the update."""
-    return cfg.actor.policy_loss == "rlsd" or cfg.algorithm.adv_estimator in ("opd_token", "opd_token_plus_grpo")
+    return cfg.actor.policy_loss == "rlsd" or cfg.algorithm.adv_estimator in OPD_ESTIMATORS
 
 
 @torch.no_grad()
