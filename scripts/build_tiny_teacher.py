@@ -34,13 +34,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(None, OVERRIDES + [f"trainer.output_dir={tmp}"])
         summary = run_training(cfg)
-        ckpt = cfg.run_dir / "checkpoints" / f"step_{STEPS}"
+        ckpt = cfg.run_dir / "checkpoints" / f"step_{STEPS}" / "model"  # the checkpoint's HF folder
         if ASSET.exists():
             shutil.rmtree(ASSET)
-        ASSET.mkdir(parents=True)
-        for f in ckpt.iterdir():
-            if f.name != "trainer_state.pt":
-                shutil.copy2(f, ASSET / f.name)
+        shutil.copytree(ckpt, ASSET)
     info = {
         "base": "builtin:tiny-qwen3", "method": "GRPO (recipes/tiny_grpo.yaml)", "overrides": OVERRIDES,
         "val_mean_at_8_before": round(summary["before"]["metrics"]["mean@8"], 4),

@@ -94,8 +94,8 @@ def test_resume_restores_the_ema_teacher_bitwise(tmp_path):
     (part / "metrics.jsonl").write_text(lines[0] + "\n")
     run_training(load_config(None, small_overrides(tmp_path, **{**extra, "trainer.run_name": "part",
                                                                 "trainer.resume": "auto"})))
-    a = load_file(tmp_path / "full" / "checkpoints" / "step_2" / "model.safetensors")
-    b = load_file(part / "checkpoints" / "step_2" / "model.safetensors")
+    a = load_file(tmp_path / "full" / "checkpoints" / "step_2" / "model" / "model.safetensors")
+    b = load_file(part / "checkpoints" / "step_2" / "model" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     ta = torch.load(tmp_path / "full" / "checkpoints" / "step_2" / "trainer_state.pt", weights_only=False)
     tb = torch.load(part / "checkpoints" / "step_2" / "trainer_state.pt", weights_only=False)

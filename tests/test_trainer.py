@@ -42,8 +42,12 @@ def test_run_folder_metrics_eval_and_checkpoint(tmp_path):
 
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert ckpts == ["step_1", "step_2"]
-    model = AutoModelForCausalLM.from_pretrained(run / "checkpoints" / "step_2")
+    model = AutoModelForCausalLM.from_pretrained(run / "checkpoints" / "step_2" / "model")
     assert model.config.model_type == "qwen3"
+    # the trainer state sits beside the HF folder, not in it (the folder uploads as is)
+    assert (run / "checkpoints" / "step_2" / "trainer_state.pt").is_file()
+    assert not (run / "checkpoints" / "step_2" / "model" / "trainer_state.pt").exists()
+    assert saved["status"] == "finished"
 
 
 def test_resume_is_bitwise_identical(tmp_path):
@@ -59,12 +63,12 @@ def test_resume_is_bitwise_identical(tmp_path):
     summary = run_training(load_config(None, small_overrides(tmp_path, **{**extra, "trainer.run_name": "part",
                                                                           "trainer.resume": "auto"})))
     assert summary["resumed_from_step"] == 2
-    a = load_file(full / "checkpoints" / "step_4" / "model.safetensors")
-    b = load_file(part / "checkpoints" / "step_4" / "model.safetensors")
+    a = load_file(full / "checkpoints" / "step_4" / "model" / "model.safetensors")
+    b = load_file(part / "checkpoints" / "step_4" / "model" / "model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    first = load_file(full / "checkpoints" / "step_2" / "model.safetensors")
+    first = load_file(full / "checkpoints" / "step_2" / "model" / "model.safetensors")
     assert any(not torch.equal(first[k], a[k]) for k in a)  # training did move the weights
     steps = [json.loads(x)["step"] for x in (part / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
@@ -93,7 +97,7 @@ def test_non_finite_loss_is_skipped_and_counted(tmp_path):
     from scirl.train.model_loading import resolve_model_path
 
     start = load_file(f"{resolve_model_path('builtin:tiny-qwen3')}/model.safetensors")
-    end = load_file(tmp_path / "t" / "checkpoints" / "step_2" / "model.safetensors")
+    end = load_file(tmp_path / "t" / "checkpoints" / "step_2" / "model" / "model.safetensors")
     assert all(torch.equal(start[k], end[k]) for k in start)
 
 

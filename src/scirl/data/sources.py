@@ -76,6 +76,12 @@ def dataset_rows(req: LoadRequest, name: str, rel: str, hub: Hub | None) -> Rows
     hint = f"set data.data_dir or $SCIRL_DATA_DIR to a folder with {rel}"
     if hub is None:
         raise ScirlError(f"dataset {label}: no local data folder ({hint}); this variant has no hub copy")
+    from scirl.hub import hub_problem, offline_env
+
+    problem = hub_problem()  # fail fast instead of a minute of retries; offline mode reads the datasets cache
+    if problem and not offline_env():
+        raise ScirlError(f"dataset {label}: no local data folder ({hint}) and hub {hub.hub_id!r} cannot be reached "
+                         f"({problem})")
     try:
         import datasets
 

@@ -1,4 +1,7 @@
-"""metrics.jsonl: one JSON object per training step, appended and flushed as the run goes (resume-safe)."""
+"""metrics.jsonl: one JSON object per training step, appended and flushed as the run goes.
+
+The run folder rules (scirl.train.run_folder) trim the file to the step a run resumes from before it is opened;
+this writer only appends."""
 
 from __future__ import annotations
 
@@ -14,14 +17,8 @@ def _clean(value):
 
 
 class MetricsWriter:
-    def __init__(self, run_dir: Path, resume_from_step: int = 0):
+    def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / "metrics.jsonl"
-        if resume_from_step and self.path.exists():  # drop steps after the checkpoint we resume from
-            lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= resume_from_step]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
-        elif not resume_from_step:
-            self.path.write_text("")
         self.file = open(self.path, "a")
 
     def write(self, step: int, metrics: dict) -> None:

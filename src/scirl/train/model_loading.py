@@ -22,6 +22,8 @@ def resolve_model_path(path: str) -> str:
         return str(folder)
     local = Path(path).expanduser()
     if local.exists():
+        if (local / "model" / "config.json").is_file() and not (local / "config.json").is_file():
+            return str(local / "model")  # a scirl checkpoint folder: its loadable HF folder
         if not (local / "config.json").is_file():
             raise ScirlError(f"model.path: {local} has no config.json (not a transformers model folder)")
         return str(local)
@@ -31,17 +33,21 @@ def resolve_model_path(path: str) -> str:
     return path
 
 
-def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "cpu", attn: str = "sdpa"):
+def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "cpu", attn: str = "sdpa",
+                             key: str = "model.path"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from scirl.hub import hub_kwargs
 
     resolved = resolve_model_path(path)
     if dtype not in DTYPES:
         raise ScirlError(f"model.dtype='{dtype}' must be one of {', '.join(DTYPES)}")
+    hub = {} if Path(resolved).exists() else hub_kwargs(resolved, key)  # fail fast when the hub is unreachable
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved)
-        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=DTYPES[dtype], attn_implementation=attn)
-    except OSError as e:  # hub unreachable, missing files...
-        raise ScirlError(f"model.path: cannot load '{path}': {str(e).splitlines()[0]}") from None
+        tokenizer = AutoTokenizer.from_pretrained(resolved, **hub)
+        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=DTYPES[dtype], attn_implementation=attn, **hub)
+    except OSError as e:  # missing files, a repo that does not exist...
+        raise ScirlError(f"{key}: cannot load '{path}': {str(e).splitlines()[0]}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device), tokenizer
