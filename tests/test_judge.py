@@ -1,23 +1,15 @@
-"""`scirl serve` (a real server subprocess on the tiny model) and the `judge` reward (Physics-R1 AND-of-subparts).
+"""The `judge` reward (Physics-R1 AND-of-subparts) against a real local HTTP server started here.
 
-The CORRECT path of the judge runs against a second real HTTP server started here (a few lines of http.server
-that answer with a scripted verdict per subpart and count requests): the tiny model never writes VERDICT lines.
+The server is a few lines of http.server that answer with a scripted verdict per subpart and count requests (the
+tiny model never writes VERDICT lines). The judge against a real `scirl serve` is in test_serve.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import queue
 import re
-import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -25,71 +17,13 @@ import pytest
 from scirl.data.sample import Sample
 from scirl.errors import ScirlError
 from scirl.rewards import judge as judge_mod
-from scirl.rewards.base import get_reward
 from scirl.rewards.pool import RewardPool
-
-SERVE_CMD = [sys.executable, "-c", "from scirl.serve.server import main; import sys; sys.exit(main(['--port','0']))"]
-READY = re.compile(r"^serving (\S+) on (http://\S+)$")
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-def http(method: str, url: str, body: bytes | dict | None = None, timeout: float = 60.0) -> tuple[int, dict]:
-    data = json.dumps(body).encode() if isinstance(body, dict) else body
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        with e:
-            return e.code, json.loads(e.read())
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def chat(url: str, content: str, **kw) -> tuple[int, dict]:
-    body = {"model": "builtin:tiny-qwen3", "messages": [{"role": "user", "content": content}], **kw}
-    return http("POST", url + "/v1/chat/completions", body)
-
-
-@pytest.fixture(scope="module")
-def tiny_server(tmp_path_factory):
-    """A real `scirl serve` subprocess on the tiny model, port 0; yields (process, base URL, model id)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    errlog = open(tmp_path_factory.mktemp("serve") / "stderr.log", "w+")
-    proc = subprocess.Popen(SERVE_CMD, stdout=subprocess.PIPE, stderr=errlog, text=True, env=env)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-
-    def stop():
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        errlog.close()
-
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                m = READY.match(lines.get(timeout=0.5).strip())
-            except queue.Empty:
-                m = None
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    errlog.seek(0)
-                    pytest.fail(f"scirl serve did not come up (rc={proc.poll()}):\n{errlog.read()[-2000:]}")
-            if m:
-                break
-        yield proc, m.group(2), m.group(1)
-    finally:
-        stop()
 
 
 class VerdictServer(ThreadingHTTPServer):
@@ -164,93 +98,6 @@ def three_part_sample() -> Sample:
 
 
 RESPONSE = "<think>scratch \\boxed{0}</think>(a) 3 m/s (b) 2 s (c) \\boxed{5\\,\\mathrm{m}}"
-
-
-# ---------------------------------------------------------------------------------------------- scirl serve
-def test_health_and_models(tiny_server):
-    _, url, model_id = tiny_server
-    assert model_id == "builtin:tiny-qwen3"
-    assert http("GET", url + "/health") == (200, {"status": "ok", "model": model_id})
-    status, models = http("GET", url + "/v1/models")
-    assert status == 200 and models["object"] == "list"
-    assert [m["id"] for m in models["data"]] == [model_id] and models["data"][0]["object"] == "model"
-
-
-def test_chat_completion_shape_and_greedy_determinism(tiny_server):
-    _, url, model_id = tiny_server
-    status, out = chat(url, "What is 2+2?", temperature=0, max_tokens=24)
-    assert status == 200, out
-    assert out["object"] == "chat.completion" and out["model"] == model_id and out["id"].startswith("chatcmpl-")
-    assert isinstance(out["created"], int)
-    (choice,) = out["choices"]
-    assert choice["index"] == 0 and choice["message"]["role"] == "assistant"
-    assert isinstance(choice["message"]["content"], str) and choice["message"]["content"].strip()
-    assert choice["finish_reason"] in ("stop", "length")
-    usage = out["usage"]
-    assert usage["prompt_tokens"] > 0 and 0 < usage["completion_tokens"] <= 24
-    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-    status2, out2 = chat(url, "What is 2+2?", temperature=0, max_tokens=24)
-    assert status2 == 200 and out2["choices"][0]["message"]["content"] == choice["message"]["content"]
-
-
-def test_sampling_n_and_seed(tiny_server):
-    _, url, _ = tiny_server
-    status, a = chat(url, "hi", temperature=1.0, top_p=0.9, n=3, seed=7, max_tokens=8)
-    assert status == 200 and [c["index"] for c in a["choices"]] == [0, 1, 2]
-    _, b = chat(url, "hi", temperature=1.0, top_p=0.9, n=3, seed=7, max_tokens=8)
-    assert [c["message"]["content"] for c in a["choices"]] == [c["message"]["content"] for c in b["choices"]]
-
-
-def test_bad_requests_and_unknown_paths(tiny_server):
-    _, url, _ = tiny_server
-    status, err = http("POST", url + "/v1/chat/completions", b"{not json")
-    assert status == 400 and err["error"]["type"] == "invalid_request_error" and "JSON" in err["error"]["message"]
-    for body, param in [({"messages": []}, "messages"), ({"messages": [{"role": "robot", "content": "x"}]}, "messages"),
-                        ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature"),
-                        ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
-                        ({"messages": [{"role": "user", "content": "x"}], "stream": True}, "stream")]:
-        status, err = http("POST", url + "/v1/chat/completions", body)
-        assert status == 400 and err["error"]["param"] == param, (body, err)
-    status, err = chat(url, "x" * 400)  # longer than the tiny model's 256-token context
-    assert status == 400 and err["error"]["code"] == "context_length_exceeded"
-    body = {"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}
-    status, err = http("POST", url + "/v1/chat/completions", body)
-    assert status == 404 and err["error"]["code"] == "model_not_found"
-    assert http("GET", url + "/nope")[0] == 404
-    status, err = http("POST", url + "/v1/completions", {"prompt": "x"})
-    assert status == 404 and "message" in err["error"]
-
-
-def test_serve_cli_errors_without_loading_a_model(capsys):
-    from scirl.serve import USAGE, main
-
-    assert "scirl serve" in USAGE
-    assert main(["--port", "70000"]) == 2
-    assert "--port" in capsys.readouterr().err
-    assert main(["--no-such-flag"]) == 2
-
-
-# ------------------------------------------------------------------------------ judge vs the real tiny server
-def test_judge_against_tiny_model_is_unparseable_so_zero(tiny_server):
-    _, url, model_id = tiny_server
-    sample = Sample("q", [{"role": "user", "content": "2+2?"}], "4")
-    short = "Q: {question} A: {reference} R: {response} Verdict?"
-    info = {"endpoint": url + "/v1", "model": model_id, "prompt_template": short, "max_tokens": 16, "timeout": 60}
-    res = get_reward("judge")(sample, "\\boxed{4}", info)
-    assert res.score == 0.0 and res.pred == "4"
-    assert res.components == {"acc": 0.0, "subparts": 1.0, "subparts_correct": 0.0, "unparseable": 1.0,
-                              "judge_errors": 0.0}
-    # the default prompt does not fit the tiny model's 256-token context: the server answers 400 -> a judge error
-    res = get_reward("judge")(sample, "\\boxed{4}", {"endpoint": url + "/v1", "model": model_id, "max_tokens": 16})
-    assert res.score == 0.0 and res.components["judge_errors"] == 1.0 and res.components["unparseable"] == 0.0
-
-
-def test_sigterm_stops_the_server_cleanly(tiny_server):  # last use of the module's server
-    proc, url, _ = tiny_server
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=15) == 0
-    with pytest.raises(urllib.error.URLError):
-        http("GET", url + "/health", timeout=5)
 
 
 # ------------------------------------------------------------------------------ judge vs a scripted server

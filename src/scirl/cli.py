@@ -103,8 +103,9 @@ def cmd_serve(args: list[str]) -> int:
 
 
 def _serve_usage() -> str:
-    return ("scirl serve [--model PATH] [--host 127.0.0.1] [--port 8000]: an OpenAI-compatible chat server "
-            "(/v1/chat/completions) for a local model, e.g. a judge endpoint")
+    from scirl.serve import help_text  # light: torch and transformers load only when serving
+
+    return help_text()  # the full argparse help: `scirl serve --help` lists every flag
 
 
 def _eval_usage() -> str:
