@@ -1,13 +1,14 @@
-"""`scirl eval`: end to end on the bundled tiny model, --from-samples recomputation, and bad input."""
+"""`scirl eval`: end to end on the bundled tiny model, --from-samples recomputation and regrade, and bad input."""
 
 import json
 import subprocess
 import sys
+from math import comb
 
+import numpy as np
 import pytest
 
 from scirl.eval.command import main as eval_main
-from scirl.eval.metrics import pass_at_k
 from scirl.errors import ScirlError
 from tests.conftest import REPO, SHARED_DATA
 
@@ -49,16 +50,25 @@ def test_eval_aime24_amc23_end_to_end(tmp_path):
     proc = run_cli("--model", "builtin:tiny-qwen3", "--data", "aime24,amc23", "--n", "4", "--limit", "5",
                    "--max-new-tokens", "16", "--data-dir", str(SHARED_DATA), "-o", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    report, rows = _check_report_and_rows(out, tmp_path / "res" / "samples.jsonl", 4, ["aime24", "amc23"], [5, 5])
+    samples = tmp_path / "res" / "eval.samples.jsonl"  # named after -o
+    report, rows = _check_report_and_rows(out, samples, 4, ["aime24", "amc23"], [5, 5])
+    assert report["samples_file"] == str(samples)
     assert report["reward"] == {"aime24": "math", "amc23": "math"}
     assert report["sampling"]["temperature"] == 0.6 and report["sampling"]["top_p"] == 0.95
     assert "aime24" in proc.stdout and "mean@4" in proc.stdout  # the table
+    assert all(r["reward"] == "math" and isinstance(r["answer"], str) and r["answer"] for r in rows)
     # recompute from the samples file: identical metrics, no generation
     again = tmp_path / "again.json"
-    proc = run_cli("--from-samples", str(tmp_path / "res" / "samples.jsonl"), "-o", str(again), cwd=tmp_path)
+    proc = run_cli("--from-samples", str(samples), "-o", str(again), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     re_report = json.loads(again.read_text())
     assert re_report["metrics"] == report["metrics"] and re_report["by_source"] == report["by_source"]
+    # regrade with each row's own (dataset) reward: the same grader, so the same scores and metrics
+    proc = run_cli("--from-samples", str(samples), "--reward", "dataset", "--workers", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    regraded = json.loads((tmp_path / "res" / "eval.regraded.json").read_text())
+    assert regraded["regraded_with"] == "dataset" and regraded["metrics"] == report["metrics"]
+    assert [r["score"] for r in _rows(tmp_path / "res" / "eval.regraded.samples.jsonl")] == [r["score"] for r in rows]
 
 
 def test_eval_tiny_task_grades_real_answers(tmp_path):
@@ -72,7 +82,21 @@ def test_eval_tiny_task_grades_real_answers(tmp_path):
     assert 0.05 < report["metrics"]["mean@4"] < 0.95  # held-out mean@8 of the bundled model is 0.32
     assert report["reward"] == {"tiny_physics": "boxed_numeric"}
     assert any(r["pred"] is not None for r in rows)
-    assert report["metrics"]["pass@4"] >= report["metrics"]["pass@1"]
+    # every score by hand: 1 exactly when the boxed number is the integer answer
+    for r in rows:
+        right = r["pred"] is not None and r["pred"].strip().lstrip("-").isdigit() and int(r["pred"]) == int(r["answer"])
+        assert r["score"] == (1.0 if right else 0.0) and r["correct"] == right
+    # the metrics by hand from the per-prompt correct counts c of n = 4
+    counts = {}
+    for r in rows:
+        counts[r["prompt_id"]] = counts.get(r["prompt_id"], 0) + r["correct"]
+    cs = list(counts.values())
+    assert 0 < sum(cs) < 48 and len(set(cs)) > 1
+    m = report["metrics"]
+    assert m["pass@1"] == pytest.approx(sum(c / 4 for c in cs) / 12)
+    assert m["pass@2"] == pytest.approx(sum(1 - comb(4 - c, 2) / comb(4, 2) for c in cs) / 12)
+    assert m["pass@4"] == pytest.approx(sum(c > 0 for c in cs) / 12)
+    assert m["mean@4"] == pytest.approx(sum(cs) / 48)
 
 
 def _write_samples(path, counts_correct):
@@ -84,17 +108,37 @@ def _write_samples(path, counts_correct):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _bootstrap_by_hand(c, n=16, draws=1000, seed=42):
+    """best@n and maj@n of verl's bootstrap for c correct (pred '1', score 1) then n - c wrong (pred '0', score 0),
+    draw by draw: the draws are np.random.seed(seed) + one choice(n, n) per draw, as verl does."""
+    np.random.seed(seed)
+    best = maj = 0
+    for _ in range(draws):
+        idx = [int(i) for i in np.random.choice(n, size=n, replace=True)]
+        votes = ["1" if i < c else "0" for i in idx]
+        best += "1" in votes
+        ones, zeros = votes.count("1"), votes.count("0")
+        maj += ones > zeros or (ones == zeros and votes[0] == "1")  # a tie goes to the pred drawn first
+    return best / draws, maj / draws
+
+
 def test_from_samples_worked_numbers(tmp_path, capsys):
     f = tmp_path / "s.jsonl"
     _write_samples(f, [(16, 1), (16, 4)])
     assert eval_main(["--from-samples", str(f), "-o", str(tmp_path / "m.json")]) == 0
     m = json.loads((tmp_path / "m.json").read_text())["metrics"]
-    assert m["pass@1"] == pytest.approx((0.0625 + 0.25) / 2)
-    assert m["pass@4"] == pytest.approx((pass_at_k(16, 1, 4) + 0.7280219780) / 2, abs=1e-9)
-    assert m["pass@8"] == pytest.approx((0.5 + pass_at_k(16, 4, 8)) / 2)
+    # pass@k = 1 - C(16-c, k) / C(16, k), written out
+    assert m["pass@1"] == pytest.approx((1 / 16 + 4 / 16) / 2)
+    assert m["pass@2"] == pytest.approx(((1 - 105 / 120) + (1 - 66 / 120)) / 2)
+    assert m["pass@4"] == pytest.approx(((1 - 1365 / 1820) + (1 - 495 / 1820)) / 2)  # 0.25 and 0.72802
+    assert m["pass@8"] == pytest.approx(((1 - 6435 / 12870) + (1 - 495 / 12870)) / 2)  # 0.5 and 0.96154
     assert m["pass@16"] == 1.0
     assert m["mean@16"] == pytest.approx((1 / 16 + 4 / 16) / 2)
-    assert m["best@16"] == pytest.approx((0.656 + 0.990) / 2, abs=0.01)  # verl bootstrap, not pass@16
+    assert m["std@16"] == pytest.approx(((1 / 16 * 15 / 16) ** 0.5 + (4 / 16 * 12 / 16) ** 0.5) / 2)
+    (best1, maj1), (best4, maj4) = _bootstrap_by_hand(1), _bootstrap_by_hand(4)
+    assert round(best1, 3) == 0.656  # verl's best@16 for 1 correct of 16 (seed 42): not pass@16 = 1
+    assert m["best@16"] == pytest.approx((best1 + best4) / 2, abs=1e-12)
+    assert m["maj@16"] == pytest.approx((maj1 + maj4) / 2, abs=1e-12)
     assert "hand" in capsys.readouterr().out
 
 

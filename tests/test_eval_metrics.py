@@ -159,6 +159,18 @@ def test_threshold_and_no_preds():
     assert compute_eval_metrics(recs, "d", threshold=0.3)["metrics"]["pass@1"] == 1.0
 
 
+def test_score_on_the_threshold_is_correct():
+    # no "correct" key: score >= threshold decides, and a score sitting exactly on it counts as correct
+    recs = [{k: v for k, v in r.items() if k != "pred"} for r in _records("p", "s", [0.5, 0.25, 0.5, 0.0], [None] * 4)]
+    m = compute_eval_metrics(recs, "d")["metrics"]
+    assert m["pass@1"] == 0.5  # c = 2 of 4 (the two 0.5s)
+    assert m["pass@2"] == pytest.approx(1 - 1 / 6)  # 1 - C(2, 2) / C(4, 2)
+    assert compute_eval_metrics(recs, "d", threshold=0.25)["metrics"]["pass@1"] == 0.75  # 0.25 on it too
+    # an explicit "correct" wins over the score
+    flagged = [{**r, "correct": r["score"] == 0.0} for r in recs]
+    assert compute_eval_metrics(flagged, "d")["metrics"]["pass@1"] == 0.25
+
+
 def test_uneven_sample_counts_truncate_with_note():
     recs = _records("p1", "s", [1.0, 0.0, 1.0], ["a", "b", "a"])
     recs += _records("p2", "s", [0.0, 1.0], ["a", "b"])

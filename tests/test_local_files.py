@@ -2,7 +2,6 @@
 
 import json
 import sys
-import types
 
 import pytest
 
@@ -137,28 +136,68 @@ def test_local_path_as_source(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ named loaders
-def _offline_hub(monkeypatch):
-    def load_dataset(*args, **kwargs):
-        raise ConnectionError("Couldn't reach 'math-ai/aime24' on the Hub (LocalEntryNotFoundError)\nmore detail")
+def _no_hub(monkeypatch):
+    """The hub endpoint points at a closed local port (and no proxy), as on a machine without internet."""
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
+                "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
 
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
 
-
-def test_no_data_dir_and_no_hub(monkeypatch):
-    _offline_hub(monkeypatch)
+def test_no_data_dir_and_an_unreachable_hub_fail_fast_in_one_line(monkeypatch):
+    _no_hub(monkeypatch)
     with pytest.raises(ScirlError) as e:
         get_dataset("aime24").loader(LoadRequest(variant="qwen", data_dir=None))
-    msg = str(e.value)
-    assert "\n" not in msg
-    assert msg.startswith("dataset aime24: no local data folder (set data.data_dir or $SCIRL_DATA_DIR to a "
-                          "folder with aime24/test.jsonl) and hub 'math-ai/aime24' could not be loaded: "
-                          "ConnectionError: Couldn't reach")
+    assert str(e.value) == ("dataset aime24: no local data folder (set data.data_dir or $SCIRL_DATA_DIR to a folder "
+                            "with aime24/test.jsonl) and hub 'math-ai/aime24' cannot be reached "
+                            "(http://127.0.0.1:9 unreachable: Connection refused)")
 
 
-def test_variant_without_hub_copy(monkeypatch):
-    _offline_hub(monkeypatch)
+def test_hf_hub_offline_uses_the_real_load_dataset_and_its_cache(tmp_path):
+    """The real `datasets` in offline mode, in a fresh process (it reads HF_HUB_OFFLINE when imported)."""
+    import os
+    import subprocess
+
+    code = ("from scirl.cli import main; import sys; sys.exit(main(['eval', '--model', 'builtin:tiny-qwen3', "
+            "'--data', 'aime24', '-o', 'x.json']))")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "SCIRL_DATA_DIR": ""}
+    env.pop("SCIRL_DATA_DIR")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2, out.stderr
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "scirl: error: dataset aime24: no local data folder (set data.data_dir or $SCIRL_DATA_DIR to a folder with "
+        "aime24/test.jsonl) and hub 'math-ai/aime24' could not be loaded: "), err
+    assert "Retrying" not in out.stderr and not (tmp_path / "x.json").exists()
+
+
+def test_an_unreachable_hub_model_is_one_line_without_retries(monkeypatch):
+    from scirl.train.model_loading import load_model_and_tokenizer
+
+    _no_hub(monkeypatch)
+    with pytest.raises(ScirlError) as e:
+        load_model_and_tokenizer("nobody-has/this-model-xyz")
+    assert str(e.value) == ("model.path: cannot download 'nobody-has/this-model-xyz' from the Hugging Face Hub "
+                            "(http://127.0.0.1:9 unreachable: Connection refused) and it is not in the local cache; "
+                            "use a local folder, or fill the cache where the hub is reachable")
+
+
+def test_variant_without_hub_copy():
     with pytest.raises(ScirlError, match="sdpo_split/train.json\\); this variant has no hub copy"):
         get_dataset("sciknoweval_physics").loader(LoadRequest(variant="sdpo_train", data_dir=None))
+
+
+def test_a_size_cap_that_cuts_a_real_source_is_said(tmp_path):
+    from scirl.config import DataConfig
+    from scirl.data.pipeline import describe, load_prompt_set
+
+    path = write_jsonl(tmp_path / "five.jsonl", [{"question": f"q{i}", "answer": str(i)} for i in range(5)])
+    d = DataConfig(val=str(path), val_size=3, fields={"prompt": "question"})
+    ps = load_prompt_set(d, "val")
+    assert len(ps.samples) == 3 and ps.notes == ["data.val_size=3 keeps 3 of the 5 prompts of five"]
+    assert describe(ps).endswith("; note: data.val_size=3 keeps 3 of the 5 prompts of five")
+    assert load_prompt_set(DataConfig(val=str(path), val_size=5, fields={"prompt": "question"}), "val").notes == []
 
 
 def test_data_dir_without_the_file(tmp_path):
@@ -194,7 +233,8 @@ def test_hub_path_runs_the_real_load_dataset_on_a_local_folder(tmp_path, monkeyp
         seen.append(path)
         return real(str(folder), name, cache_dir=str(tmp_path / "cache"), **kwargs)
 
-    monkeypatch.setattr(datasets, "load_dataset", redirect)
+    monkeypatch.setattr(datasets, "load_dataset", redirect, raising=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no hub here: offline mode skips scirl's reachability probe
     samples = get_dataset("aime24").loader(LoadRequest(variant="qwen", data_dir=None))
     assert seen == ["math-ai/aime24"]
     assert [(s.prompt_id, s.problem, s.answer) for s in samples] == [("aime24/60", "Find x.", "204"),

@@ -20,7 +20,18 @@ REQUIRED_METRICS = [
 ]
 
 
-def test_run_folder_metrics_eval_and_checkpoint(tmp_path):
+def test_run_folder_metrics_eval_and_checkpoint(tmp_path, monkeypatch):
+    from scirl.rewards import RewardPool
+
+    scored = []  # every training batch's per-sample scores, as the reward pool returned them
+    real_score = RewardPool.score
+
+    def recording_score(self, items):
+        results, stats = real_score(self, items)
+        scored.append([r.score for r in results])
+        return results, stats
+
+    monkeypatch.setattr(RewardPool, "score", recording_score, raising=True)
     cfg = load_config(None, small_overrides(tmp_path, **{"trainer.save_freq": 1, "trainer.total_steps": 2}))
     summary = run_training(cfg)
     run = tmp_path / "t"
@@ -28,11 +39,23 @@ def test_run_folder_metrics_eval_and_checkpoint(tmp_path):
     assert [r["step"] for r in rows] == [1, 2]
     for key in REQUIRED_METRICS:
         assert key in rows[0], key
-    assert 0 <= rows[0]["reward/acc"] <= 1 and rows[0]["actor/lr"] > 0
-    for step in (0, 2):
+    # the values hold, not just the keys: score calls are val(8x4), step 1 (4x4), step 2 (4x4), val(8x4)
+    assert [len(s) for s in scored] == [32, 16, 16, 32]
+    for row, scores, lr in zip(rows, scored[1:3], (5e-5, 1e-4)):  # lr 1e-4 after 2 warmup steps
+        assert row["reward/mean"] == pytest.approx(sum(scores) / len(scores), abs=1e-6)
+        assert row["reward/acc"] == pytest.approx(sum(s >= 0.5 for s in scores) / len(scores), abs=1e-6)
+        assert 1 <= row["response/length_mean"] <= row["response/length_max"] <= 40  # rollout.max_new_tokens
+        assert row["actor/lr"] == pytest.approx(lr) and row["actor/grad_norm"] > 0
+    for step, scores in ((0, scored[0]), (2, scored[3])):
         report = json.loads((run / "eval" / f"step_{step}.json").read_text())
         assert report["n"] == 4 and report["num_prompts"] == 8
         assert {"mean@4", "pass@1", "pass@4", "best@4", "maj@4"} <= set(report["metrics"])
+        assert report["metrics"]["mean@4"] == pytest.approx(sum(scores) / 32, abs=1e-6)
+    from scirl.train.model_loading import resolve_model_path
+
+    start = load_file(f"{resolve_model_path('builtin:tiny-qwen3')}/model.safetensors")
+    end = load_file(run / "checkpoints" / "step_2" / "model" / "model.safetensors")
+    assert sum(not torch.equal(start[k], end[k]) for k in start) >= len(start) // 2  # training moved the weights
     saved = json.loads((run / "summary.json").read_text())
     assert saved["steps"] == 2 and saved["before"]["metrics"] == summary["before"]["metrics"]
     assert saved["wall_seconds"] > 0

@@ -170,16 +170,21 @@ def parse_sources(text: str, key: str = "data") -> list[SourceSpec]:
 
 
 def load_source(src: SourceSpec, role: str, size: int | None, seed: int, data_dir: Path | None,
-                fields: dict | None = None, key: str = "data") -> list[Sample]:
-    """The samples of one source, each carrying its dataset's reward and data_source label."""
+                fields: dict | None = None, key: str = "data", capped: dict | None = None) -> list[Sample]:
+    """The samples of one source, each carrying its dataset's reward and data_source label. When `size` keeps
+    fewer rows than the source has, `capped[label] = (kept, total)`."""
     if src.path is not None:
         from scirl.data.local_files import load_local_file
 
-        samples = load_local_file(src.path, fields or {}, data_source=src.label, key=key)[:size]
+        rows = load_local_file(src.path, fields or {}, data_source=src.label, key=key)
     else:
         spec = get_dataset(src.name)
         req = LoadRequest(variant=src.variant or spec.variants[0], data_dir=data_dir, role=role, size=size, seed=seed)
-        samples = spec.loader(req)[:size]
+        rows = spec.loader(req)
+    samples = rows[:size]
+    if capped is not None and len(samples) < len(rows):
+        capped[src.label] = (len(samples), len(rows))
+    if src.path is None:
         for s in samples:
             s.data_source = src.label
             if s.reward is None:
@@ -191,9 +196,9 @@ def load_source(src: SourceSpec, role: str, size: int | None, seed: int, data_di
 
 
 def load_sources(sources: list[SourceSpec], role: str, size: int | None, seed: int, data_dir: Path | None,
-                 fields: dict | None = None, key: str = "data") -> list[Sample]:
-    """The samples of every source, concatenated in the order given."""
-    return [s for src in sources for s in load_source(src, role, size, seed, data_dir, fields, key)]
+                 fields: dict | None = None, key: str = "data", capped: dict | None = None) -> list[Sample]:
+    """The samples of every source, concatenated in the order given (see load_source for `capped`)."""
+    return [s for src in sources for s in load_source(src, role, size, seed, data_dir, fields, key, capped)]
 
 
 def load_dataset_split(name: str, split: str, size: int | None, seed: int, data_dir=None,

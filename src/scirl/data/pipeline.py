@@ -23,6 +23,7 @@ class PromptSet:
     labels: list[str] = field(default_factory=list)  # source labels, in order
     weights: list[float] | None = None  # mixing weights per label (train only)
     stats: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # e.g. a size cap that kept fewer rows than a source has
 
     def sizes(self) -> list[int]:
         return [sum(1 for s in self.samples if s.data_source == lab) for lab in self.labels]
@@ -58,7 +59,11 @@ def load_prompt_set(d, role: str, spec: str | None = None, size: int | None = No
     if size is None:
         size = d.train_size if role == "train" else d.val_size
     sources = parse_sources(spec, key)
-    samples = load_sources(sources, role, size, d.seed, resolve_data_dir(d.data_dir), d.fields, key)
+    capped: dict[str, tuple[int, int]] = {}
+    samples = load_sources(sources, role, size, d.seed, resolve_data_dir(d.data_dir), d.fields, key, capped)
+    size_key = {"train": "data.train_size", "val": "data.val_size"}.get(role, "--limit")
+    notes = [f"{size_key}={size} keeps {kept} of the {total} prompts of {label}"
+             for label, (kept, total) in capped.items()]
     if need_answers:
         require_answers(samples, key)
     apply_template(samples, d.template, d.system_prompt)
@@ -67,7 +72,7 @@ def load_prompt_set(d, role: str, spec: str | None = None, size: int | None = No
         samples, duplicates = dedup_by_prompt(samples)
     weights = [s.weight for s in sources] if all(s.weight is not None for s in sources) else None
     return PromptSet(samples, labels=[s.label for s in sources], weights=weights,
-                     stats={"loaded": loaded, "duplicates": duplicates})
+                     stats={"loaded": loaded, "duplicates": duplicates}, notes=notes)
 
 
 def tokenize_prompt_set(ps: PromptSet, tokenizer, d, key: str) -> PromptSet:
@@ -93,4 +98,4 @@ def describe(ps: PromptSet) -> str:
     """One line, e.g. '1053 prompts (aime24 30, amc23 40); 2 duplicates, 0 too long dropped'."""
     parts = ", ".join(f"{lab} {n}" for lab, n in zip(ps.labels, ps.sizes()))
     extra = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in ps.stats.items() if k not in ("loaded", "prompts"))
-    return f"{len(ps.samples)} prompts ({parts}); {extra}"
+    return f"{len(ps.samples)} prompts ({parts}); {extra}" + "".join(f"; note: {n}" for n in ps.notes)

@@ -1,31 +1,36 @@
-"""`scirl eval`: sample n responses per benchmark prompt, grade them with each dataset's reward, write the eval JSON
-(DESIGN.md shape, per-source breakdown) and `samples.jsonl`; or recompute every metric from a samples file.
+"""`scirl eval`: sample n responses per benchmark prompt, grade them with each dataset's reward, stream the rows to
+`<OUT>.samples.jsonl` as they are graded (resumable with --resume) and write the eval JSON (DESIGN.md shape,
+per-source breakdown); or recompute every metric from a samples file, regrading it first with --reward.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
+import sys
 import time
 from pathlib import Path
 
 from scirl.errors import ScirlError
 
 USAGE = """scirl eval --model PATH --data NAME[,NAME...] [--n 16] [--temperature 0.6] [--top-p 0.95]
-           [--max-new-tokens N] [--limit M] [-o OUT.json] [--samples PATH] [--data-dir DIR] [--field K=F ...] [--template T]
-           [--system-prompt TEXT] [--no-thinking] [--max-prompt-length L] [--truncation drop|left|right|error]
-           [--reward NAME] [--workers W] [--timeout S] [--seed S] [--batch-prompts B] [--device auto|cpu|cuda]
-scirl eval --from-samples samples.jsonl [-o OUT.json]
+           [--max-new-tokens N] [--limit M] [-o OUT.json] [--samples PATH] [--resume] [--data-dir DIR]
+           [--field K=F ...] [--template T] [--system-prompt TEXT] [--no-thinking] [--max-prompt-length L]
+           [--truncation drop|left|right|error] [--reward NAME] [--workers W] [--timeout S] [--seed S]
+           [--batch-prompts B] [--device auto|cpu|cuda]
+scirl eval --from-samples FILE.samples.jsonl [--reward NAME|dataset] [-o OUT.json] [--samples PATH]
 
 Generates --n samples per prompt of each dataset (a registered name such as aime24, amc23, gsm8k, phybench,
 sciknoweval_physics/sdpo_test, or a local .json/.jsonl/.parquet file read with --field prompt=COL
---field answer=COL), grades each with its dataset's reward
-(--reward overrides), and writes OUT.json (mean@n, unbiased pass@k for k = 1, 2, 4, ..., n, verl bootstrap best@n
-and maj@n, overall = unweighted mean over prompts, and by_source) plus one row per sample in samples.jsonl next
-to it (--samples to choose the path). --limit keeps the first M prompts of each dataset. --from-samples
-recomputes the metrics of a samples file without generating (prompts with different sample counts are cut to
-the smallest count, and the JSON says so)."""
+--field answer=COL), grades each with its dataset's reward (--reward overrides), and writes OUT.json (mean@n,
+unbiased pass@k for k = 1, 2, 4, ..., n, verl bootstrap best@n and maj@n, overall = unweighted mean over prompts,
+and by_source). One row per sample (with its reference answer and grader) goes to OUT.samples.jsonl (-o
+ev/aime.json -> ev/aime.samples.jsonl; --samples to choose the path) as soon as its batch is graded, and the
+settings to OUT.samples.meta.json: after a crash or Ctrl-C, the same command with --resume continues from the
+last complete batch and ends with the same files as an uninterrupted run. An existing samples file is never
+overwritten: without --resume it is an error. --limit keeps the first M prompts of each dataset.
+--from-samples recomputes the metrics of a samples file without generating (prompts with different sample counts
+are cut to the smallest count, and the JSON says so); with --reward NAME it first regrades every row with NAME
+(--reward dataset: with each row's own dataset reward) and writes the regraded rows beside OUT.json."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--from-samples", default=None)
     p.add_argument("-o", "--output", default=None)
     p.add_argument("--samples", default=None)
+    p.add_argument("--resume", action="store_true")
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--temperature", type=float, default=0.6)
     p.add_argument("--top-p", type=float, default=0.95)
@@ -49,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-thinking", action="store_true")
     p.add_argument("--max-prompt-length", type=int, default=None)
     p.add_argument("--truncation", default="drop")
-    p.add_argument("--reward", default="dataset")
+    p.add_argument("--reward", default=None)  # generating: None = "dataset"; --from-samples: None = keep scores
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--seed", type=int, default=0)
@@ -61,9 +67,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(args: list[str]) -> int:
     ns = _parser().parse_args(args)
+    if ns.workers is not None and ns.workers < 0:
+        raise ScirlError(f"scirl eval: --workers={ns.workers} must be >= 0")
+    if not ns.timeout > 0:
+        raise ScirlError(f"scirl eval: --timeout={ns.timeout} must be > 0 seconds")
     if ns.from_samples:
         if ns.data or ns.model:
             raise ScirlError("scirl eval: --from-samples recomputes metrics only; drop --model / --data")
+        if ns.resume:
+            raise ScirlError("scirl eval: --resume continues a generation; drop it with --from-samples")
         return _from_samples(ns)
     if not ns.model or not ns.data:
         raise ScirlError("scirl eval: --model and --data are required (or --from-samples FILE)")
@@ -90,11 +102,23 @@ def _fields(items: list[str]) -> dict:
 
 
 def _output_paths(ns) -> tuple[Path, Path]:
+    from scirl.eval.samples import default_samples_path
+
     out = Path(ns.output or "eval.json")
-    samples = Path(ns.samples) if ns.samples else out.with_name("samples.jsonl")
+    samples = Path(ns.samples) if ns.samples else default_samples_path(out)
     if samples.resolve() == out.resolve():
         raise ScirlError(f"scirl eval: the samples file and the eval JSON are the same path {out}")
     return out, samples
+
+
+def _settings(ns, reward: str) -> dict:
+    """What the samples depend on, keyed by flag: a --resume with any of these changed is refused."""
+    return {"--model": ns.model, "--data": ns.data, "--n": ns.n, "--temperature": ns.temperature,
+            "--top-p": ns.top_p, "--max-new-tokens": ns.max_new_tokens, "--limit": ns.limit, "--seed": ns.seed,
+            "--batch-prompts": ns.batch_prompts, "--template": ns.template, "--system-prompt": ns.system_prompt,
+            "--no-thinking": ns.no_thinking, "--max-prompt-length": ns.max_prompt_length,
+            "--truncation": ns.truncation, "--field": _fields(ns.field), "--reward": reward,
+            "--device": ns.device, "--dtype": ns.dtype}
 
 
 def _generate_and_report(ns) -> int:
@@ -102,17 +126,22 @@ def _generate_and_report(ns) -> int:
 
     from scirl.config import DataConfig
     from scirl.data.pipeline import describe, load_prompt_set, require_rewards, tokenize_prompt_set
+    from scirl.eval.samples import SamplesStream, check_start, prompts_fingerprint
+    from scirl.fsutil import atomic_write_json
     from scirl.rewards import RewardPool, get_reward
 
-    get_reward(ns.reward)
+    reward = ns.reward or "dataset"
+    get_reward(reward)
     out_path, samples_path = _output_paths(ns)
-    d = DataConfig(train=ns.data, val=ns.data, data_dir=ns.data_dir, fields=_fields(ns.field), template=ns.template,
-                   system_prompt=ns.system_prompt, enable_thinking=not ns.no_thinking,
+    settings = _settings(ns, reward)
+    prior = check_start(samples_path, settings, ns.resume)  # before any work: refuse a clobber or a changed setting
+    d = DataConfig(train=ns.data, val=ns.data, data_dir=ns.data_dir, fields=settings["--field"],
+                   template=ns.template, system_prompt=ns.system_prompt, enable_thinking=not ns.no_thinking,
                    max_prompt_length=ns.max_prompt_length or 10**9, truncation=ns.truncation, dedup=True)
     ps = load_prompt_set(d, "eval", spec=ns.data, size=ns.limit, key="--data")
-    require_rewards(ps.samples, ns.reward, "--data", "--reward")
+    require_rewards(ps.samples, reward, "--data", "--reward")
     workers = ns.workers if ns.workers is not None else min(8, os.cpu_count() or 1)
-    pool = RewardPool(ns.reward, workers=workers, timeout=ns.timeout)  # forked before torch threads start
+    pool = RewardPool(reward, workers=workers, timeout=ns.timeout)  # forked before torch threads start
     from scirl.train.model_loading import load_model_and_tokenizer, pick_device
 
     from transformers.utils import logging as transformers_logging
@@ -131,21 +160,33 @@ def _generate_and_report(ns) -> int:
     if over:
         console.print(f"note: {over} prompt(s) + --max-new-tokens {ns.max_new_tokens} exceed the model's "
                       f"max_position_embeddings {context}", highlight=False)
-    with pool:
-        records, stats = _run_batches(ns, model, tokenizer, pool, ps)
-    report = _finish_report(records, ns.data, ps, stats, ns, time.perf_counter() - t0)
+    stream = None
+    try:
+        with pool, SamplesStream(samples_path, settings, prompts_fingerprint(ps.samples, ps.ids), prior,
+                                 ps.samples) as stream:
+            if prior is not None:
+                console.print(f"resuming {samples_path}: {stream.done} of {len(ps.samples)} prompts already done",
+                              highlight=False, soft_wrap=True)
+            _run_batches(ns, model, tokenizer, pool, ps, stream)
+    except KeyboardInterrupt:
+        if stream is not None:
+            print(f"scirl eval: interrupted; {stream.done} of {len(ps.samples)} prompts are saved in {samples_path}: "
+                  f"rerun the same command with --resume to continue", file=sys.stderr)
+        raise
+    report = _finish_report(stream.records, ns.data, ps, stream.stats, ns, reward, time.perf_counter() - t0)
     report["samples_file"] = str(samples_path)
-    _write(out_path, samples_path, report, records)
+    atomic_write_json(out_path, report)
     console.print(eval_table(report))
     print_note(report)
-    console.print(f"wrote {out_path} and {samples_path}", highlight=False)
+    console.print(f"wrote {out_path} and {samples_path}", highlight=False, soft_wrap=True)
     return 0
 
 
-def _run_batches(ns, model, tokenizer, pool, ps) -> tuple[list[dict], dict]:
+def _run_batches(ns, model, tokenizer, pool, ps, stream) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from scirl.eval.runner import generate_and_grade
+    from scirl.eval.samples import add_grading_fields
     from scirl.log.console import console
     from scirl.rollout.base import SamplingParams
     from scirl.rollout.hf_engine import HFRolloutEngine
@@ -153,30 +194,26 @@ def _run_batches(ns, model, tokenizer, pool, ps) -> tuple[list[dict], dict]:
     engine = HFRolloutEngine(model, tokenizer)
     sampling = SamplingParams(ns.n, ns.temperature, ns.top_p, ns.max_new_tokens)
     total = len(ps.samples)
-    records: list[dict] = []
-    stats = {"timeouts": 0, "errors": 0, "truncated": 0, "response_tokens": 0}
     live = console.is_terminal
     progress = Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
                         TimeRemainingColumn(), console=console, disable=not live)
     with progress:
-        task = progress.add_task("eval", total=total, info="")
-        for start in range(0, total, ns.batch_prompts):
+        task = progress.add_task("eval", total=total, completed=stream.done, info="")
+        for start in range(stream.done, total, ns.batch_prompts):  # resumed: starts on a batch boundary
             stop = min(total, start + ns.batch_prompts)
-            recs, st = generate_and_grade(engine, pool, ps.samples[start:stop], ps.ids[start:stop], sampling,
+            batch = ps.samples[start:stop]
+            recs, st = generate_and_grade(engine, pool, batch, ps.ids[start:stop], sampling,
                                           seed=ns.seed * 1_000_003 + start)
-            records += recs
-            for k in stats:
-                stats[k] += int(st.get(k, 0))
-            acc = sum(r["correct"] for r in records) / max(1, len(records))
-            info = f"acc {acc:.3f}  timeouts {stats['timeouts']}"
+            stream.append(start, stop, add_grading_fields(recs, batch), st)  # on disk before the next batch
+            acc = sum(r["correct"] for r in stream.records) / max(1, len(stream.records))
+            info = f"acc {acc:.3f}  timeouts {stream.stats['timeouts']}"
             progress.update(task, completed=stop, info=info)
             if not live:
                 console.print(f"eval {stop}/{total} prompts  {info}", highlight=False)
-    return records, stats
 
 
-def _finish_report(records, dataset: str, ps, stats: dict, ns, seconds: float) -> dict:
+def _finish_report(records, dataset: str, ps, stats: dict, ns, reward: str, seconds: float) -> dict:
     from scirl.eval.metrics import compute_eval_metrics
 
     report = compute_eval_metrics(records, dataset)
@@ -187,7 +224,7 @@ def _finish_report(records, dataset: str, ps, stats: dict, ns, seconds: float) -
                      "max_new_tokens": ns.max_new_tokens, "seed": ns.seed, "enable_thinking": not ns.no_thinking},
         "data": {"limit": ns.limit, "template": ns.template, "sources": ps.labels,
                  "prompts_per_source": dict(zip(ps.labels, ps.sizes())), **ps.stats},
-        "reward": {lab: (ns.reward if ns.reward != "dataset" else _source_reward(ps, lab)) for lab in ps.labels},
+        "reward": {lab: (reward if reward != "dataset" else _source_reward(ps, lab)) for lab in ps.labels},
         "reward_timeouts": stats["timeouts"], "reward_errors": stats["errors"],
         "truncated_frac": stats["truncated"] / n_samples,
         "response_length_mean": stats["response_tokens"] / n_samples,
@@ -200,56 +237,77 @@ def _source_reward(ps, label: str) -> str | None:
     return next((s.reward for s in ps.samples if s.data_source == label), None)
 
 
-def _write(out_path: Path, samples_path: Path, report: dict, records: list[dict]) -> None:
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    samples_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = samples_path.with_name(samples_path.name + ".tmp")
-    with open(tmp, "w") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(samples_path)
-    out_path.write_text(json.dumps(report, indent=2, ensure_ascii=False))
-
-
-REQUIRED = ("prompt_id", "data_source", "sample", "score")
-
-
-def read_samples(path: Path) -> list[dict]:
-    """Rows of a samples.jsonl; a malformed row is an error naming its line."""
-    from scirl.data.local_files import read_jsonl
-
-    records = []
-    for line_no, row in read_jsonl(path, "--from-samples"):  # names the file and line of a malformed row
-        missing = [k for k in REQUIRED if k not in row]
-        if missing:
-            raise ScirlError(f"{path} line {line_no}: missing field(s) {', '.join(missing)}")
-        try:
-            row["score"] = float(row["score"])
-            row["sample"] = int(row["sample"])
-        except (TypeError, ValueError):
-            raise ScirlError(f"{path} line {line_no}: 'score' must be a number and 'sample' an int") from None
-        if not math.isfinite(row["score"]):
-            raise ScirlError(f"{path} line {line_no}: score {row['score']} is not finite")
-        records.append(row)
-    if not records:
-        raise ScirlError(f"--from-samples: {path} has no rows")
-    return records
-
-
 def _from_samples(ns) -> int:
     from scirl.eval.metrics import compute_eval_metrics
     from scirl.eval.report import eval_table, print_note
+    from scirl.eval.samples import default_samples_path, read_rows, rows_text
+    from scirl.fsutil import atomic_write_json, atomic_write_text
     from scirl.log.console import console
 
     path = Path(ns.from_samples)
-    records = read_samples(path)
+    base = path.stem[: -len(".samples")] if path.stem.endswith(".samples") else path.stem
+    suffix = ".regraded.json" if ns.reward else ".recomputed.json"
+    out = Path(ns.output) if ns.output else path.with_name(base + suffix)
+    regraded = None
+    if ns.reward:
+        regraded = Path(ns.samples) if ns.samples else default_samples_path(out)
+        if regraded.resolve() in (path.resolve(), out.resolve()):
+            raise ScirlError(f"scirl eval: the regraded samples would overwrite {regraded}; choose another "
+                             f"-o / --samples")
+        if regraded.exists():
+            raise ScirlError(f"scirl eval: {regraded} already exists; choose another -o / --samples")
+    if out.resolve() == path.resolve():
+        raise ScirlError(f"scirl eval: -o {out} would overwrite the samples file it reads")
+    numbered = read_rows(path)
+    records = [row for _, row in numbered]
+    extra = _regrade(numbered, path, ns) if ns.reward else {}
     sources = list(dict.fromkeys(str(r["data_source"]) for r in records))
     report = compute_eval_metrics(records, ",".join(sources))
     report["recomputed_from"] = str(path)
-    out = Path(ns.output) if ns.output else path.with_name(path.stem + ".recomputed.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    report.update(extra)
+    if regraded is not None:
+        atomic_write_text(regraded, rows_text(records))
+        report["samples_file"] = str(regraded)
+    atomic_write_json(out, report)
     console.print(eval_table(report))
     print_note(report)
-    console.print(f"wrote {out}", highlight=False)
+    console.print(f"wrote {out}" + (f" and {regraded}" if regraded is not None else ""), highlight=False,
+                  soft_wrap=True)
     return 0
+
+
+def _regrade(numbered: list[tuple[int, dict]], path: Path, ns) -> dict:
+    """Score every row again with --reward (`dataset`: each row's own reward); updates score, pred, correct."""
+    import os
+
+    from scirl.eval.samples import is_correct, row_sample
+    from scirl.rewards import RewardPool, get_reward
+
+    get_reward(ns.reward)
+    questions = {str(r["prompt_id"]): r["question"] for _, r in numbered if isinstance(r.get("question"), str)}
+    items = []
+    for n, r in numbered:
+        if r.get("answer") is None:
+            why = "is null" if "answer" in r else "is missing (a samples file of an older scirl eval)"
+            raise ScirlError(f"{path} line {n}: the reference 'answer' {why}, so --reward cannot regrade it; "
+                             f"drop --reward to recompute the stored scores")
+        if not isinstance(r.get("response"), str):
+            raise ScirlError(f"{path} line {n}: no 'response' string to regrade")
+        if ns.reward == "dataset" and not r.get("reward"):
+            raise ScirlError(f"{path} line {n}: the row names no reward of its own (a local file's); pass "
+                             f"--reward NAME (e.g. math, mcq, boxed_numeric)")
+        items.append((row_sample(r, questions.get(str(r["prompt_id"]))), r["response"], {}))
+    workers = ns.workers if ns.workers is not None else min(8, os.cpu_count() or 1)
+    with RewardPool(ns.reward, workers=workers, timeout=ns.timeout) as pool:
+        results, stats = pool.score(items)
+        if stats["errors"] or stats["timeouts"]:
+            from scirl.log.console import console
+
+            first = (pool.last_error or "").strip().splitlines()[-1:]
+            console.print(f"reward {ns.reward!r}: {stats['errors']} of {len(items)} calls failed and "
+                          f"{stats['timeouts']} timed out (scored 0)" + (f"; last error: {first[0]}" if first else ""),
+                          markup=False, highlight=False)
+    for (_, r), res in zip(numbered, results):
+        r["score"], r["pred"] = float(res.score), res.pred
+        r["correct"] = is_correct(r["score"], r)
+    return {"regraded_with": ns.reward, "reward_timeouts": stats["timeouts"], "reward_errors": stats["errors"]}

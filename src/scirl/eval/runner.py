@@ -1,14 +1,16 @@
-"""Validation: sample n responses per held-out prompt, grade them, and write `eval/step_<N>.json` (+ samples)."""
+"""Validation: sample n responses per held-out prompt, grade them, and write `eval/step_<N>.json` (+ samples),
+atomically."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from scirl.data.sample import Sample
 from scirl.eval.metrics import compute_eval_metrics
+from scirl.eval.samples import add_grading_fields, rows_text
+from scirl.fsutil import atomic_write_json, atomic_write_text
 from scirl.rollout.base import SamplingParams
 
 
@@ -39,17 +41,15 @@ def evaluate(engine, pool, samples: list[Sample], prompt_ids: list[list[int]], s
              dataset: str, seed: int, reward_info: dict | None = None) -> tuple[dict, list[dict]]:
     """Returns (eval JSON, per-sample rows)."""
     records, stats = generate_and_grade(engine, pool, samples, prompt_ids, sampling, seed, reward_info)
+    add_grading_fields(records, samples)  # the rows can be regraded: scirl eval --from-samples ... --reward NAME
     report = compute_eval_metrics(records, dataset)
     report["reward_timeouts"] = stats.get("timeouts", 0)
     return report, records
 
 
 def write_eval(run_dir: Path, step: int, report: dict, records: list[dict]) -> Path:
+    """Write `eval/step_<N>_samples.jsonl`, then `eval/step_<N>.json`, each atomically (a crash leaves the old
+    file or none, never a torn one that a resumed run would fail to read)."""
     folder = Path(run_dir) / "eval"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step_{step}.json"
-    path.write_text(json.dumps(report, indent=2))
-    with open(folder / f"step_{step}_samples.jsonl", "w") as f:
-        for row in records:
-            f.write(json.dumps(row) + "\n")
-    return path
+    atomic_write_text(folder / f"step_{step}_samples.jsonl", rows_text(records))
+    return atomic_write_json(folder / f"step_{step}.json", report)
