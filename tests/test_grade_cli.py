@@ -142,3 +142,20 @@ def test_help_and_default_output_name(tmp_path):
     assert proc.returncode == 0 and "--reward" in proc.stdout
     assert default_output(tmp_path / "x.jsonl") == tmp_path / "x.graded.jsonl"
     assert default_output(tmp_path / "x.txt") == tmp_path / "x.txt.graded.jsonl"
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [("", "the file has no rows"), ("\n\n", "the file has no rows"),
+     ("oops\n" + json.dumps({"answer": "1"}) + "\n", "all 2 rows are malformed, see above")],
+    ids=["empty", "blank", "all_malformed"],
+)
+def test_no_gradable_row_exits_2_and_writes_nothing(tmp_path, content, why):
+    """An accuracy of nan with exit 0 would pass for a result in a script: this is an error naming the file."""
+    src = tmp_path / "nothing.jsonl"
+    src.write_text(content)
+    proc = run_grade("--reward", "boxed_numeric", str(src), "--workers", "0")
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    last = proc.stderr.splitlines()[-1]
+    assert last == f"scirl: error: grade: {src}: no gradable row ({why}); nothing written", proc.stderr
+    assert "accuracy" not in proc.stdout and not (tmp_path / "nothing.graded.jsonl").exists()

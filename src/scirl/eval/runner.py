@@ -26,6 +26,11 @@ def generate_and_grade(engine, pool, samples: list[Sample], prompt_ids: list[lis
         traj = engine.generate(prompt_ids, [str(i) for i in range(len(samples))], sampling)
     rows = [samples[int(u)] for u in traj.uid]
     results, stats = pool.score([(s, text, dict(reward_info or {})) for s, text in zip(rows, traj.texts)])
+    from scirl.log.console import console
+    from scirl.rewards.pool import error_report
+
+    for line in error_report(pool, stats, len(results), "in this evaluation batch"):  # a failing reward is not silent
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     records = [
         {"prompt_id": s.prompt_id, "data_source": s.data_source, "sample": j, "response": text,
          "pred": r.pred, "score": float(r.score),

@@ -28,6 +28,7 @@ import math
 from scirl.data.sample import Sample
 from scirl.errors import ScirlError
 from scirl.rewards.base import RewardResult, get_reward, register_reward
+from scirl.rewards.user import to_result
 
 _KEYS = {"name", "weight", "info", "label"}
 
@@ -65,7 +66,7 @@ def composite(sample: Sample, completion: str, info: dict) -> RewardResult:
     """score = Σ weight · score of each reward in info["components"] (see the module docstring)."""
     total, logged, pred = 0.0, {}, None
     for label, name, weight, sub_info in _parts(info):
-        result = get_reward(name)(sample, completion, dict(sub_info))
+        result = to_result(get_reward(name)(sample, completion, dict(sub_info)))  # a number, or BadRewardValue
         total += weight * result.score
         logged[label] = float(result.score)
         logged[f"{label}/weighted"] = weight * result.score

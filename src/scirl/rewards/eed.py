@@ -2,6 +2,8 @@
 
 `eed_score(answer_latex, test_latex)` re-implements the official PHYBench `EED/EED.py::EED` (arXiv 2504.16074):
 
+0. Added here: variant Greek letters are rewritten to their plain form (`greek.canonical_greek`: \\varphi ->
+   \\phi, \\varepsilon -> \\epsilon, ...), so `4\\pi\\varepsilon_0` and `4\\pi\\epsilon_0` are one expression.
 1. Early exits: empty test -> 0; `\\int` or `\\sum` in either -> 0; identical strings -> 100;
    len(test) > 3·len(answer) -> 0 (and, added here, either string over `MAX_LATEX_CHARS` -> 0).
 2. `master_convert` (official `latex_pre_process.py`, `preprocess_latex` here): `\\{ \\}` -> `( )`, drop the
@@ -41,6 +43,7 @@ from scirl.data.sample import Sample
 from scirl.errors import ScirlError
 from scirl.rewards.base import RewardResult, register_reward
 from scirl.rewards.boxed_numeric import last_boxed
+from scirl.rewards.greek import canonical_greek
 
 if TYPE_CHECKING:  # sympy (~0.5 s to import) and eed_tree load on first use, not with `import scirl.rewards`
     import sympy
@@ -285,16 +288,23 @@ def eed_score(
     the whole call, each simplify and equals taking at most part of what is left. The answer side (parsed and
     simplified) is cached per process (`ANSWER_CACHE_SIZE` answers) when its simplify finished. Returns
     (score, details): details["exit"] names the branch taken (empty_test, int_or_sum, identical,
-    test_too_long, input_too_long, parse_failed, parse_timeout, simplify_failed, simplify_timeout, equivalent,
-    unsupported_tree, distance_timeout, distance) and, where computed, "distance" (d), "tree_size" (S) and
-    "rel_distance" (d/S; 0.0 for identical or equivalent expressions).
+    test_too_long, input_too_long, unsafe_number (a side would build a huge number: refused before evaluation),
+    parse_failed, parse_timeout, simplify_failed, simplify_timeout, equivalent, unsupported_tree,
+    distance_timeout, distance) and, where computed, "distance" (d), "tree_size" (S) and "rel_distance" (d/S;
+    0.0 for identical or equivalent expressions). When a simplify or equals stage ran out of time and the call
+    went on without it, details["capped"] names those stages (e.g. "simplify_test,equals").
     """
+    capped_stages: list[str] = []
 
     def done(score: float, exit_: str, **extra: float) -> tuple[float, dict]:
-        return float(score), {"exit": exit_, **extra}
+        details: dict = {"exit": exit_, **extra}
+        if capped_stages:
+            details["capped"] = ",".join(capped_stages)
+        return float(score), details
 
     if not test_latex:
         return done(0, "empty_test")
+    answer_latex, test_latex = canonical_greek(answer_latex), canonical_greek(test_latex)  # \varphi is \phi
     if any(k in test_latex or k in answer_latex for k in ("\\int", "\\sum")):
         return done(0, "int_or_sum")
     if answer_latex == test_latex:
@@ -306,7 +316,7 @@ def eed_score(
 
     import sympy
 
-    from scirl.rewards.eed_tree import Budget, capped, ext_distance, sympy_to_tree
+    from scirl.rewards.eed_tree import Budget, UnsafeExpr, capped, ext_distance, sympy_to_tree
 
     budget = Budget(time_budget)
     cached = _ANSWER_CACHE.get(answer_latex)
@@ -314,13 +324,17 @@ def eed_score(
         parse = (lambda: latex_to_sympy(answer_latex)), (lambda: latex_to_sympy(test_latex))
         ok, ans = (True, cached[0]) if cached else capped(parse[0], budget.cap(parse_timeout))
         ok2, test = capped(parse[1], budget.cap(parse_timeout)) if ok else (False, None)
+    except UnsafeExpr:  # 10^{10^{10}}, 10^5!: no timer could interrupt evaluating it
+        return done(0, "unsafe_number")
     except Exception:  # noqa: BLE001 - any conversion failure scores 0, as in the official code
         return done(0, "parse_failed")
     if not (ok and ok2):
         return done(0, "parse_timeout")
 
-    def simplified(expr: Any, share: float) -> tuple[bool, Any]:
+    def simplified(expr: Any, share: float, stage: str) -> tuple[bool, Any]:
         ok, out = capped(lambda: sympy.simplify(expr), budget.cap(simplify_timeout, share))
+        if not ok:
+            capped_stages.append(stage)
         return ok, (out if ok else expr)  # the official time_simplify returns its input on timeout
 
     try:
@@ -328,14 +342,14 @@ def eed_score(
             _, ans_s, rep1 = cached
         else:
             ans_pos, rep1 = sympy.posify(ans)
-            finished, ans_s = simplified(ans_pos, 0.4)
+            finished, ans_s = simplified(ans_pos, 0.4, "simplify_answer")
             if finished:
                 with _CACHE_LOCK:
                     _ANSWER_CACHE[answer_latex] = (ans, ans_s, rep1)
                     while len(_ANSWER_CACHE) > ANSWER_CACHE_SIZE:
                         _ANSWER_CACHE.popitem(last=False)
         test_pos, rep2 = sympy.posify(test)
-        test_s = simplified(test_pos, 0.5)[1]
+        test_s = simplified(test_pos, 0.5, "simplify_test")[1]
         ok, pair = capped(lambda: (ans_s.subs(rep1), test_s.subs(rep2)), budget.cap(simplify_timeout))
         if not ok:
             return done(0, "simplify_timeout")
@@ -344,7 +358,11 @@ def eed_score(
         ok, zero = capped(lambda: sympy.simplify(sympy.expand(ans_s - test_s)), zero_cap)
         if ans_s == test_s or (ok and zero == 0):
             return done(100, "equivalent", distance=0.0, rel_distance=0.0)
+        if not ok:
+            capped_stages.append("simplify_difference")
         ok, same = capped(lambda: ans_s.equals(test_s), budget.cap(equals_timeout, 0.5))
+        if not ok:
+            capped_stages.append("equals")
         if ok and same:
             return done(100, "equivalent", distance=0.0, rel_distance=0.0)
     except Exception:  # noqa: BLE001

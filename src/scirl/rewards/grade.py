@@ -8,8 +8,10 @@ the `--info` JSON, the row wins) and into `Sample.metadata`. The Sample gets pro
 answer_type / data_source from the row when present.
 
 Blank lines are ignored. Malformed rows (bad JSON, not an object, missing/invalid `response` or `answer`) are
-reported on stderr with their line number (the first 20, then a count) and skipped. All good rows are scored in
+reported on stderr with their line number (the first 20, then a count) and skipped. A file with no gradable row
+(empty, or every row malformed) is a ScirlError (exit 2) and no output is written. All good rows are scored in
 ONE `RewardPool.score` call. Each good row is written back unchanged plus `score`, `pred` and `components`.
+The reward is a registered name or a reward of your own (`module:function`, `path/to/file.py:function`).
 """
 
 from __future__ import annotations
@@ -153,17 +155,17 @@ def grade_file(reward: str, input_path: str | os.PathLike, output_path: str | os
         raise ScirlError(f"grade: --workers must be >= 0, got {workers}")
 
     rows, skipped = read_rows(src, err)
+    if not rows:  # nothing to grade: an accuracy of nan with exit 0 would pass for a result
+        why = f"all {skipped} rows are malformed, see above" if skipped else "the file has no rows"
+        raise ScirlError(f"grade: {src}: no gradable row ({why}); nothing written")
     items = [row_to_item(row, line_no, info or {}) for line_no, row in rows]
     start = time.perf_counter()
-    if items:
-        with RewardPool(reward, workers=min(workers, len(items)), timeout=timeout) as pool:
-            results, stats = pool.score(items)
-            last_error = _last_line(pool.last_error)
-    else:
-        results, stats, last_error = [], {"timeouts": 0, "errors": 0}, None
+    with RewardPool(reward, workers=min(workers, len(items)), timeout=timeout) as pool:
+        results, stats = pool.score(items)
+        first_error = _last_line(pool.first_error)
     seconds = time.perf_counter() - start
-    if stats["errors"] and last_error:
-        print(f"scirl grade: {stats['errors']} reward call(s) failed; last: {last_error}", file=err)
+    if stats["errors"] and first_error:
+        print(f"scirl grade: {stats['errors']} reward call(s) failed (scored 0); first: {first_error}", file=err)
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     accs, scores = [], []
@@ -177,8 +179,8 @@ def grade_file(reward: str, input_path: str | os.PathLike, output_path: str | os
             f.write(json.dumps({**row, "score": score, "pred": res.pred, "components": comps},
                                ensure_ascii=False, default=str) + "\n")
     n = len(results)
-    summary = GradeSummary(n, skipped, sum(accs) / n if n else float("nan"), sum(scores) / n if n else float("nan"),
-                           stats["timeouts"], stats["errors"], seconds, str(dst))
+    summary = GradeSummary(n, skipped, sum(accs) / n, sum(scores) / n, stats["timeouts"], stats["errors"], seconds,
+                           str(dst))
     print(f"rows: {summary.rows}", file=out)
     print(f"skipped: {summary.skipped}", file=out)
     print(f"accuracy: {summary.accuracy:.4f}", file=out)

@@ -12,6 +12,8 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Iterator
 
+from scirl.rewards.greek import canonical_greek
+
 MODES = ("binary", "strict_box")
 STRICT_BOX_CHARS = 300  # DAPO math_dapo: solution_str[-300:]
 MATH_EQUAL_DEADLINE_S = 2.0  # wall-clock budget of one math_equal call (main thread only)
@@ -144,6 +146,7 @@ def _clean(s: object) -> str:
     s = "" if s is None else str(s)
     if _SURROGATES.search(s):
         s = _SURROGATES.sub("\ufffd", s)
+    s = canonical_greek(s)  # \varepsilon_0 and \epsilon_0 are one symbol (greek.py)
     return _UNICODE_RE.sub(lambda m: _UNICODE[m.group(0)], s)
 
 

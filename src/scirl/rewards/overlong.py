@@ -20,6 +20,7 @@ import math
 from scirl.data.sample import Sample
 from scirl.errors import ScirlError
 from scirl.rewards.base import RewardResult, get_reward, register_reward
+from scirl.rewards.user import to_result
 
 WRAPPER_KEYS = ("inner", "inner_info", "max_len", "buffer_len", "penalty_factor", "length")
 
@@ -62,7 +63,6 @@ def overlong(sample: Sample, completion: str, info: dict) -> RewardResult:
                                       _number(info, "penalty_factor", 1.0))
     fn = get_reward(inner_name)
     inner = fn(sample, completion, {**{k: v for k, v in info.items() if k not in WRAPPER_KEYS}, **inner_info})
-    if not isinstance(inner, RewardResult):  # a plain number, as the pool also accepts
-        inner = RewardResult(float(inner))
+    inner = to_result(inner)  # a plain number or a numeric string, as the pool also accepts; else BadRewardValue
     components = {**inner.components, "inner_score": float(inner.score), "overlong_penalty": penalty}
     return RewardResult(float(inner.score) + penalty, components, inner.pred)

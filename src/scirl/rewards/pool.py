@@ -3,9 +3,19 @@
 Each worker runs one reward call at a time and talks to the parent over its own pipe. The parent dispatches
 items to idle workers and waits (`multiprocessing.connection.wait`) until a result arrives or the nearest
 deadline passes; a worker whose call is late is killed (SIGKILL), reaped and replaced, and that item scores
-0.0 with components {"timeout": 1.0}. A reward that raises, or a worker that dies, scores 0.0 with
-{"error": 1.0}. `workers=0` runs rewards inline in this process: exceptions are caught, but timeouts are NOT
-enforced there. Workers are daemon processes, and every pool is closed at interpreter exit.
+0.0 with components {"timeout": 1.0}. A reward that raises, returns something that is not a finite number
+(`user.to_result`), or a worker that dies, scores 0.0 with {"error": 1.0}. `workers=0` runs rewards inline in
+this process: exceptions are caught, but timeouts are NOT enforced there.
+
+Errors are counted per call (`score()`'s stats) and over the pool's life (`errors_total`); the first failure's
+traceback is kept (`first_error`, handed out once by `take_first_error()`) and the latest in `last_error`.
+`error_report()` turns them into the console lines the trainer prints.
+
+Lifetime: workers die with the process that started them. Each worker arms a parent-death signal first
+(`procs.die_with_parent`), every parent-side pipe end is registered with `procs.close_in_children` before the next
+worker forks (so no worker holds its own or another worker's parent end, and a recv() sees EOF when the parent
+is gone), and workers ignore SIGINT and SIGTERM: a signal sent to the whole job reaches the trainer, which
+decides when its workers stop (close(), or its own death). Every pool is closed at interpreter exit.
 """
 
 from __future__ import annotations
@@ -22,7 +32,9 @@ from typing import Any
 
 from scirl.data.sample import Sample
 from scirl.errors import ScirlError
+from scirl.procs import close_in_children, die_with_parent
 from scirl.rewards.base import RewardFn, RewardResult, get_reward
+from scirl.rewards.user import BadRewardValue, canonical_spec, is_spec, to_result
 
 Item = tuple[Sample, str, dict]
 
@@ -35,17 +47,27 @@ def _error_result() -> RewardResult:
     return RewardResult(0.0, {"error": 1.0}, None)
 
 
-def _as_result(out: Any) -> RewardResult:
-    if isinstance(out, RewardResult):
-        return out
-    if isinstance(out, (int, float)) and not isinstance(out, bool):
-        return RewardResult(float(out))
-    raise TypeError(f"reward returned {type(out).__name__}, expected RewardResult")
+def _failure_text(e: BaseException) -> str:
+    """A bad return value is explained in one line; an exception raised by the reward keeps its traceback."""
+    if isinstance(e, BadRewardValue):
+        return f"{type(e).__name__}: {e}"
+    return traceback.format_exc(limit=5)
 
 
-def _worker_main(fn: RewardFn, conn: Connection) -> None:
-    """Worker loop: receive (sample, completion, info), reply ("ok", RewardResult) or ("err", message)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
+def _worker_main(reward: RewardFn | str, conn: Connection, parent_pid: int | None) -> None:
+    """Worker loop: receive (sample, completion, info), reply ("ok", RewardResult) or ("err", message).
+
+    `reward` is the function itself (forked workers, importable functions) or a spec string that is resolved
+    here (a user file under the spawn start method)."""
+    die_with_parent(parent_pid)  # first: from here on, the parent's death is this worker's death
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and a job-wide SIGTERM are the parent's business
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    fn: RewardFn | None = None
+    load_error = None
+    try:
+        fn = get_reward(reward) if isinstance(reward, str) else reward
+    except BaseException:  # noqa: BLE001 - every call then answers with this error
+        load_error = traceback.format_exc(limit=5)
     while True:
         try:
             job = conn.recv()
@@ -54,10 +76,13 @@ def _worker_main(fn: RewardFn, conn: Connection) -> None:
         if job is None:
             return
         sample, completion, info = job
-        try:
-            reply = ("ok", _as_result(fn(sample, completion, info)))
-        except BaseException:  # noqa: BLE001 - any failure of user code is an error result
-            reply = ("err", traceback.format_exc(limit=5))
+        if fn is None:
+            reply = ("err", load_error)
+        else:
+            try:
+                reply = ("ok", to_result(fn(sample, completion, info)))
+            except BaseException as e:  # noqa: BLE001 - any failure of user code is an error result
+                reply = ("err", _failure_text(e))
         try:
             conn.send(reply)
         except Exception:  # noqa: BLE001 - e.g. an unpicklable result
@@ -67,11 +92,15 @@ def _worker_main(fn: RewardFn, conn: Connection) -> None:
 class _Worker:
     """One worker process and the parent's end of its pipe."""
 
-    def __init__(self, ctx: Any, fn: RewardFn) -> None:
+    def __init__(self, ctx: Any, target: RewardFn | str, parent_pid: int | None) -> None:
         parent_conn, child_conn = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_worker_main, args=(fn, child_conn), daemon=True, name="scirl-reward")
-        self.proc.start()
-        child_conn.close()
+        close_in_children(parent_conn)  # before the fork: this worker and all later ones close the parent's end
+        self.proc = ctx.Process(target=_worker_main, args=(target, child_conn, parent_pid), daemon=True,
+                                name="scirl-reward")
+        try:
+            self.proc.start()
+        finally:
+            child_conn.close()  # only the worker holds its end: later workers never inherit it
         self.conn: Connection = parent_conn
 
     def kill(self) -> None:
@@ -86,11 +115,12 @@ def _default_start_method() -> str:
 
 
 class RewardPool:
-    """Score (sample, completion, info) items with the registered reward `reward_name` in `workers` processes.
+    """Score (sample, completion, info) items with the reward `reward_name` (a registered name, or a
+    `module:function` / `path/to/file.py:function` spec) in `workers` processes.
 
     `timeout` is per call, in seconds. `workers=0` runs inline with no timeout enforcement.
-    `start_method` defaults to 'fork' on Linux and 'spawn' elsewhere (with 'spawn' the reward must be
-    importable by its module path). Rewards must not use torch.
+    `start_method` defaults to 'fork' on Linux and 'spawn' elsewhere (with 'spawn' a registered reward must be
+    importable by its module path; a spec is resolved again in each worker). Rewards must not use torch.
     """
 
     def __init__(self, reward_name: str, workers: int = 1, timeout: float = 5.0, start_method: str | None = None):
@@ -102,14 +132,24 @@ class RewardPool:
         self.fn: RewardFn = get_reward(reward_name)
         self.timeout = float(timeout)
         self.num_workers = workers
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # the latest failure (traceback or message)
+        self.first_error: str | None = None  # the first failure over the pool's life
+        self._first_error_taken = False
+        self.errors_total = 0
+        self.timeouts_total = 0
         self._owner_pid = os.getpid()
         self._closed = False
         warm_up = getattr(sys.modules.get(getattr(self.fn, "__module__", ""), None), "warm_up", None)
         if workers and callable(warm_up):  # e.g. math: import math-verify once here, not in every forked worker
             warm_up()
-        self._ctx = mp.get_context(start_method or _default_start_method()) if workers else None
-        self._workers: list[_Worker] = [_Worker(self._ctx, self.fn) for _ in range(workers)]
+        method = start_method or _default_start_method()
+        self._ctx = mp.get_context(method) if workers else None
+        # a spawned worker cannot unpickle a function from a file loaded here: it resolves the spec itself
+        self._target: RewardFn | str = canonical_spec(reward_name) if is_spec(reward_name) and method != "fork" \
+            else self.fn
+        # the pid a worker checks its parent against (a forkserver child's parent is the server, not us)
+        self._parent_pid = self._owner_pid if method in ("fork", "spawn") else None
+        self._workers: list[_Worker] = [self._new_worker() for _ in range(workers)]
         self._finalizer = weakref.finalize(self, RewardPool._shutdown, self._workers, self._owner_pid)
 
     # ------------------------------------------------------------------ public API
@@ -118,16 +158,32 @@ class RewardPool:
         if self._closed:
             raise ScirlError("RewardPool.score called after close()")
         if not self._workers:
-            return self._score_inline(items)
-        items = list(items)
-        busy: dict[int, tuple[int, float]] = {}  # worker slot -> (item index, deadline)
-        try:
-            return self._score_workers(items, busy)
-        except BaseException:
-            # interrupted (e.g. Ctrl-C): busy workers would answer into the next call, so replace them
-            for slot in list(busy):
-                self._replace(slot)
-            raise
+            results, stats = self._score_inline(items)
+        else:
+            items = list(items)
+            busy: dict[int, tuple[int, float]] = {}  # worker slot -> (item index, deadline)
+            try:
+                results, stats = self._score_workers(items, busy)
+            except BaseException:
+                # interrupted (e.g. Ctrl-C): busy workers would answer into the next call, so replace them
+                for slot in list(busy):
+                    self._replace(slot)
+                raise
+        self.errors_total += stats["errors"]
+        self.timeouts_total += stats["timeouts"]
+        return results, stats
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """The pids of the live worker processes (empty for workers=0)."""
+        return [w.proc.pid for w in self._workers]
+
+    def take_first_error(self) -> str | None:
+        """The first failure's traceback of this pool's life, once; None afterwards (and before any failure)."""
+        if self._first_error_taken or self.first_error is None:
+            return None
+        self._first_error_taken = True
+        return self.first_error
 
     def close(self) -> None:
         """Stop the workers (politely, then by force) and reap them. Safe to call twice."""
@@ -141,20 +197,28 @@ class RewardPool:
         self.close()
 
     # ------------------------------------------------------------------ internals
+    def _note_error(self, text: str | None) -> None:
+        self.last_error = text
+        if self.first_error is None:
+            self.first_error = text
+
     def _score_inline(self, items: list[Item]) -> tuple[list[RewardResult], dict[str, int]]:
         results, errors = [], 0
         for sample, completion, info in items:
             try:
-                results.append(_as_result(self.fn(sample, completion, info)))
-            except Exception:  # noqa: BLE001
-                self.last_error = traceback.format_exc(limit=5)
+                results.append(to_result(self.fn(sample, completion, info)))
+            except Exception as e:  # noqa: BLE001
+                self._note_error(_failure_text(e))
                 results.append(_error_result())
                 errors += 1
         return results, {"timeouts": 0, "errors": errors}
 
+    def _new_worker(self) -> _Worker:
+        return _Worker(self._ctx, self._target, self._parent_pid)
+
     def _replace(self, slot: int) -> None:
         self._workers[slot].kill()
-        self._workers[slot] = _Worker(self._ctx, self.fn)
+        self._workers[slot] = self._new_worker()
 
     def _score_workers(
         self, items: list[Item], busy: dict[int, tuple[int, float]]
@@ -182,7 +246,7 @@ class RewardPool:
                     idle.append(slot)
                     continue
                 except Exception:  # noqa: BLE001 - the item cannot be pickled; nothing was written
-                    self.last_error = traceback.format_exc(limit=5)
+                    self._note_error(traceback.format_exc(limit=5))
                     todo.pop()
                     results[item_idx] = _error_result()
                     stats["errors"] += 1
@@ -200,7 +264,7 @@ class RewardPool:
                 try:
                     status, payload = conn.recv()
                 except (EOFError, OSError):  # the worker died mid-call
-                    self.last_error = f"reward worker {self._workers[slot].proc.pid} died during a call"
+                    self._note_error(f"reward worker {self._workers[slot].proc.pid} died during a call")
                     fail(slot, "errors")
                     continue
                 item_idx, _ = busy.pop(slot)
@@ -208,7 +272,7 @@ class RewardPool:
                 if status == "ok":
                     results[item_idx] = payload
                 else:
-                    self.last_error = payload
+                    self._note_error(payload)
                     results[item_idx] = _error_result()
                     stats["errors"] += 1
 
@@ -231,3 +295,23 @@ class RewardPool:
             w.proc.join(timeout=max(0.0, deadline - time.monotonic()))
             w.kill()
         workers.clear()
+
+
+def error_report(pool: Any, stats: dict, calls: int, where: str = "this step") -> list[str]:
+    """Console lines for one scoring call: the pool's first failure (its traceback, once per pool), then how many
+    of `calls` failed or timed out `where`. Empty when nothing went wrong. Works with any object that has
+    `take_first_error()` and `reward_name` (a RewardPool); other pools only get the counts."""
+    lines = []
+    errors, timeouts = int(stats.get("errors", 0)), int(stats.get("timeouts", 0))
+    name = getattr(pool, "reward_name", "?")
+    take = getattr(pool, "take_first_error", None)
+    first = take() if callable(take) else None
+    if first:
+        lines.append(f"reward {name!r} failed; its first failure in this run (later ones are only counted, and "
+                     f"score 0):\n{first.rstrip()}")
+    if errors:
+        lines.append(f"reward: {errors} of {calls} calls failed {where} (scored 0; first traceback above)")
+    if timeouts:
+        lines.append(f"reward: {timeouts} of {calls} calls timed out {where} (scored 0; "
+                     f"reward.timeout={getattr(pool, 'timeout', '?')} s)")
+    return lines

@@ -1,5 +1,9 @@
 """Building one step's batch: generate, grade, shape the scores (DAPO overlong penalty), and, with DAPO dynamic
-sampling, keep generating until `train_batch_size` groups with non-zero reward spread are collected."""
+sampling, keep generating until `train_batch_size` groups with non-zero reward spread are collected.
+
+Reward failures are not silent: the first failure's traceback is printed once per run, and every generation batch
+with failed or timed-out reward calls prints one line with the count (they score 0 and are logged as
+reward/errors and reward/timeouts)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ import torch
 
 from scirl.algos import filter_groups, overlong_penalty
 from scirl.errors import ScirlError
+from scirl.log.console import console
+from scirl.rewards.pool import error_report
 from scirl.rollout.base import SamplingParams, Trajectories
 
 
@@ -34,6 +40,9 @@ def generate_and_score(ctx, tag: str) -> RolloutBatch:
     t1 = time.perf_counter()
     rows = [samples[int(u.split(":")[1])] for u in traj.uid]
     results, stats = ctx.reward_pool.score([(s, text, dict(cfg.reward.kwargs)) for s, text in zip(rows, traj.texts)])
+    where = "this step" if tag == "0" else f"in generation batch {tag} of this step"
+    for line in error_report(ctx.reward_pool, stats, len(results), where):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     raw = torch.tensor([r.score for r in results], dtype=torch.float32)
     acc = torch.tensor([r.components.get("acc", float(r.score >= 0.5)) for r in results], dtype=torch.float32)
     scores = raw + overlong_shaping(cfg, traj)
