@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from scirl.errors import ScirlError
 from scirl.faults import fault_point
@@ -88,7 +89,7 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
             json.dump({"step": step, "files": files}, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-    except (OSError, RuntimeError) as e:
+    except (OSError, RuntimeError, SafetensorError) as e:  # full disk, file-size limit, ...
         shutil.rmtree(tmp, ignore_errors=True)
         raise _write_failed(step, e, previous) from None
     if final.exists():  # only when the caller decided this step is rewritten (the run folder rules move it first)
