@@ -5,6 +5,7 @@ User errors exit 2 with one line."""
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from scirl.errors import ScirlError
@@ -13,8 +14,11 @@ USAGE_TRAIN = """scirl train [RECIPE.yaml] [key=value ...]
 
 Train with a YAML recipe (default: the bundled tiny recipe, recipes/tiny_grpo.yaml) and dotted overrides,
 e.g. `scirl train recipes/tiny_grpo.yaml trainer.total_steps=20 algorithm.clip_ratio_high=0.28`.
-The run folder is <trainer.output_dir>/<trainer.run_name>/; `trainer.resume=auto` continues from its latest
-checkpoint. `scirl config` prints every key with its default."""
+The run folder is <trainer.output_dir>/<trainer.run_name>/. Running the same command again continues the run
+from its latest checkpoint (trainer.resume=auto, the default; a finished run says so and does nothing);
+trainer.resume=disable insists on a new run, trainer.resume=PATH continues from a checkpoint folder, and
+trainer.overwrite=true moves an existing run folder aside and starts over. SIGTERM or Ctrl-C checkpoint at the
+next step boundary and exit 143 / 130 (a second signal exits at once). `scirl config` prints every key."""
 
 
 def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -51,10 +55,10 @@ def cmd_config(args: list[str]) -> int:
 USAGE_GRADE = """scirl grade --reward NAME INPUT.jsonl [-o OUT.jsonl] [--workers N] [--timeout S] [--info JSON]
 
 Score a JSONL file of {"response": ..., "answer": ...} rows with a registered reward (boxed_numeric, mcq, tcr,
-overlong, ...). Other row fields (choices, num_turns, subparts, length, ...) go into the reward's info (on top of
+overlong, ...) or your own (NAME = module:function or path/to/file.py:function). Other row fields (choices, num_turns, subparts, length, ...) go into the reward's info (on top of
 --info, a JSON object) and into the sample's metadata. Writes every good row with score/pred/components to OUT
 (default INPUT.graded.jsonl) and prints accuracy, mean score, timeouts, errors and throughput. Malformed rows are
-reported with their line number on stderr and skipped. --workers defaults to the CPU count (0 = inline, no
+reported with their line number on stderr and skipped; a file with no gradable row exits 2. --workers defaults to the CPU count (0 = inline, no
 timeouts); --timeout is per reward call in seconds (default 10); a call past it scores 0."""
 
 
@@ -137,8 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return func(rest)
     except ScirlError as e:
-        print(f"scirl: error: {e}", file=sys.stderr)
-        return 2
+        code = getattr(e, "exit_code", 2)  # a run stopped by a signal exits 128 + signum
+        print(f"scirl: {'error: ' if code == 2 else ''}{e}", file=sys.stderr)
+        return code
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise
+        print(f"scirl: error: {e.strerror} writing {e.filename or 'a file'}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("scirl: interrupted", file=sys.stderr)
         return 130
