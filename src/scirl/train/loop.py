@@ -49,9 +49,13 @@ def run_training(cfg: Config) -> dict:
             _note(f"note: stale lock of a run that did not exit cleanly ({lock.stale}); taken over")
         start = prepare_run(cfg, to_dict(cfg), _note)
         if start.finished:
+            summary = json.loads((cfg.run_dir / "summary.json").read_text())
+            if summary.get("before") and summary.get("after"):
+                console.print(summary_table(summary))
             _note(f"run {cfg.run_dir} already finished at step {start.step} (summary.json): nothing to do; raise "
-                  "trainer.total_steps to train on, or choose another trainer.run_name for a new run")
-            return json.loads((cfg.run_dir / "summary.json").read_text())
+                  "trainer.total_steps to train on, trainer.overwrite=true to start over, or choose another "
+                  "trainer.run_name")
+            return summary
         return _train(cfg, start, stop)
 
 
