@@ -178,6 +178,19 @@ def test_opd_token_is_reward_times_mask():
     assert loss[0, 1].item() == pytest.approx(1.0)
 
 
+def test_opd_hybrid_weights_the_grpo_term_by_grpo_weight():
+    tlr, mask = _outcome([1, 0], [2, 3], T=3)  # one group: GRPO gives +-(0.5 / std) = +-0.707107 (unbiased std)
+    opd = torch.tensor([[0.3, -0.2, 9.0], [0.1, 0.4, -0.6]])
+    fn = get_advantage_estimator("opd_token_plus_grpo")
+    grpo = 0.5 / math.sqrt(0.5)
+    assert grpo == pytest.approx(0.707107, abs=1e-6)
+    for w in (1.0, 0.5, 0.0):
+        adv = fn(tlr, mask, ["u", "u"], opd_rewards=opd, grpo_weight=w)
+        expected = torch.tensor([[0.3 + w * grpo, -0.2 + w * grpo, 0.0],
+                                 [0.1 - w * grpo, 0.4 - w * grpo, -0.6 - w * grpo]])
+        assert torch.allclose(adv, expected, atol=1e-5), w
+
+
 # ---------------------------------------------------------------- shared properties
 
 

@@ -105,6 +105,8 @@ def test_sequence_kinds():
     assert torch.equal(out, torch.tensor([[1.0] * 4, [0.0] * 4]))
     # seq_mean_k1: row1 mean -0.5 within +-log 2 -> kept; row0 mean -0.025 -> kept
     assert torch.equal(rollout_rs_mask(old, roll, mask, "seq_mean_k1", 2.0), mask)
+    # ... but not within +-log 1.5 = +-0.405: the mean is over row1's 2 valid tokens (over all 4 it would be -0.25)
+    assert torch.equal(rollout_rs_mask(old, roll, mask, "seq_mean_k1", 1.5), torch.tensor([[1.0] * 4, [0.0] * 4]))
     # seq_mean_k3: row0 mean (0.005171 + 0.718282 + 0.367879 + 0) / 4 = 0.272833 ; row1 e^0.5 - 1.5 = 0.148721
     k3 = lambda x: math.exp(x) - 1 - x  # noqa: E731
     row0 = (k3(0.1) + k3(1.0) + k3(-1.0) + k3(0.0)) / 4
@@ -163,3 +165,120 @@ def test_metrics_sequence_level_and_empty_mask():
     assert m["rollout_is/mean"] == pytest.approx((2.0 + math.exp(0.2)) / 2)
     empty = rollout_correction_metrics(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2))
     assert empty["rollout_is/mean"] == 0.0 and empty["rollout_is/truncated_frac"] == 0.0
+
+
+# ---------------------------------------------------------------- IcePop, batch normalisation (current verl)
+
+
+def _icepop_case():
+    """log-ratios lp_old - lp_roll = [0.9, -0.9, 0.3, -2.0] (+ a padded token): raw weights
+    [2.4596, 0.4066, 1.3499, 0.1353]."""
+    old = torch.full((1, 5), -1.0)
+    roll = old - torch.tensor([[0.9, -0.9, 0.3, -2.0, 5.0]])
+    return old, roll, torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])
+
+
+def test_icepop_zeroes_weights_outside_both_bounds_tis_truncates():
+    old, roll, mask = _icepop_case()
+    tis = rollout_is_weights(old, roll, mask, threshold=2.0)
+    assert torch.allclose(tis, torch.tensor([[2.0, math.exp(-0.9), math.exp(0.3), math.exp(-2.0), 0.0]]))
+    # verl's "lower_upper" string and the explicit threshold_lower give the same IcePop weights
+    for kw in ({"threshold": "0.5_2.0"}, {"threshold": 2.0, "threshold_lower": 0.5}):
+        w = rollout_is_weights(old, roll, mask, **kw)
+        assert torch.allclose(w, torch.tensor([[0.0, 0.0, math.exp(0.3), 0.0, 0.0]]))  # not clamped: zeroed
+    # a bound exactly at a weight keeps it (closed interval, as verl)
+    w = rollout_is_weights(old, roll, mask, threshold=f"{math.exp(-0.9)}_{math.exp(0.9) + 1e-6}")
+    assert torch.allclose(w, torch.tensor([[math.exp(0.9), math.exp(-0.9), math.exp(0.3), 0.0, 0.0]]))
+
+
+def test_icepop_sequence_level_zeroes_whole_rows():
+    old = torch.zeros(3, 2)
+    log_ratio = torch.tensor([[0.3, 0.2], [0.6, 0.6], [-0.5, -0.5]])  # sums 0.5, 1.2, -1.0
+    roll = old - log_ratio
+    # [0.5, 3]: e^0.5 = 1.6487 kept; e^1.2 = 3.3201 above and e^-1 = 0.3679 below: whole rows zeroed
+    w = rollout_is_weights(old, roll, torch.ones(3, 2), level="sequence", threshold="0.5_3.0")
+    assert torch.allclose(w, torch.tensor([[math.exp(0.5)] * 2, [0.0, 0.0], [0.0, 0.0]]))
+    w = rollout_is_weights(old, roll, torch.ones(3, 2), level="sequence", threshold="0.3_4.0")
+    assert torch.allclose(w, torch.tensor([[math.exp(0.5)] * 2, [math.exp(1.2)] * 2, [math.exp(-1.0)] * 2]))
+
+
+def test_is_threshold_errors():
+    old, roll, mask = _icepop_case()
+    with pytest.raises(ScirlError, match="already has a lower bound"):
+        rollout_is_weights(old, roll, mask, threshold="0.5_2.0", threshold_lower=0.5)
+    with pytest.raises(ScirlError, match="lower 3.0 > upper 2.0"):
+        rollout_is_weights(old, roll, mask, threshold="3.0_2.0")
+    with pytest.raises(ScirlError, match="threshold_lower 3.0 > threshold 2.0"):
+        rollout_is_weights(old, roll, mask, threshold=2.0, threshold_lower=3.0)
+    with pytest.raises(ScirlError, match="positive"):
+        rollout_is_weights(old, roll, mask, threshold="abc")
+
+
+def test_batch_normalisation_to_mean_one():
+    from scirl.algos import normalize_is_weights
+
+    w = torch.tensor([[2.0, 0.5, 1.5, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    out, factor = normalize_is_weights(w, mask, "token")
+    assert factor == pytest.approx(4 / 3)  # mean of the valid tokens' weights
+    assert torch.allclose(out[:, :3], torch.tensor([[1.5, 0.375, 1.125]]))
+    # sequence level: the mean over non-empty sequences of each sequence's weight (long rows do not count more)
+    w = torch.tensor([[2.0, 2.0, 2.0], [0.5, 0.0, 0.0], [7.0, 7.0, 7.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    out, factor = normalize_is_weights(w, mask, "sequence")
+    assert factor == pytest.approx(1.25) and out[0, 0].item() == pytest.approx(1.6)
+    # all weights zeroed (IcePop): nothing to rescale, factor 1 (as verl)
+    out, factor = normalize_is_weights(torch.zeros(1, 2), torch.ones(1, 2), "token")
+    assert factor == 1.0 and torch.equal(out, torch.zeros(1, 2))
+
+
+# ---------------------------------------------------------------- chained rejection sampling
+
+
+def test_chained_kinds_are_each_computed_on_the_input_mask_and_anded():
+    from scirl.algos import rollout_rs_masks
+
+    old, roll, mask = _rs_case()
+    masks = rollout_rs_masks(old, roll, mask, "token_k1, seq_mean_k3", "2.0,0.2")
+    assert list(masks) == ["token_k1", "seq_mean_k3"]
+    assert torch.equal(masks["token_k1"], torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 0.0, 0.0]]))
+    assert torch.equal(masks["seq_mean_k3"], torch.tensor([[0.0] * 4, [1.0, 1.0, 0.0, 0.0]]))
+    out = rollout_rs_mask(old, roll, mask, "token_k1,seq_mean_k3", "2.0,0.2")
+    # row 0's k3 mean is over all 4 of its tokens (0.2728 > 0.2), not over the 2 token_k1 kept (0.0026)
+    assert torch.equal(out, torch.tensor([[0.0] * 4, [1.0, 1.0, 0.0, 0.0]]))
+
+
+def test_chained_thresholds_shared_or_one_per_kind():
+    old, roll, mask = _rs_case()
+    # one shared entry: token_k1 keeps ratios in [1/2, 2]; token_k2 keeps r^2 / 2 <= 2 (everything)
+    shared = rollout_rs_mask(old, roll, mask, "token_k1,token_k2", 2.0)
+    assert torch.equal(shared, rollout_rs_mask(old, roll, mask, "token_k1", 2.0))
+    # per kind, with a k1 "lo_hi" entry: token_k1 in [0.5, 3.0] keeps token 2 too; token_k2 <= 0.1 drops it
+    per_kind = rollout_rs_mask(old, roll, mask, "token_k1,token_k2", "0.5_3.0,0.1")
+    assert torch.equal(per_kind[0], torch.tensor([1.0, 0.0, 0.0, 1.0]))
+    assert torch.equal(rollout_rs_mask(old, roll, mask, "token_k1,token_k1", "0.5_3.0")[0],
+                       torch.tensor([1.0, 0.0, 1.0, 1.0]))  # duplicates dropped, as verl
+    with pytest.raises(ScirlError, match="3 entries for 2 kinds"):
+        rollout_rs_mask(old, roll, mask, "token_k1,token_k2", "2.0,0.1,0.3")
+    with pytest.raises(ScirlError, match="not 'lower_upper'"):
+        rollout_rs_mask(old, roll, mask, "token_k1,token_k2", "2.0,0.1_0.3")
+    with pytest.raises(ScirlError, match="rollout RS kind"):
+        rollout_rs_mask(old, roll, mask, "token_k1,seq_sum_k9", 2.0)
+
+
+def test_metrics_icepop_and_per_kind():
+    from scirl.algos import rollout_rs_masks
+
+    old, roll, mask = _icepop_case()
+    w = rollout_is_weights(old, roll, mask, threshold="0.5_2.0")
+    m = rollout_correction_metrics(w, old - roll, mask, threshold="0.5_2.0")
+    assert m["rollout_is/oob_frac"] == pytest.approx(3 / 4)  # 2.46 above, 0.41 and 0.14 below
+    assert m["rollout_is/truncated_frac"] == pytest.approx(1 / 4)
+    assert "rollout_is/oob_frac" not in rollout_correction_metrics(w, old - roll, mask, threshold=2.0)
+    old, roll, mask = _rs_case()
+    masks = rollout_rs_masks(old, roll, mask, "token_k1,seq_mean_k3", "2.0,0.2")
+    final = rollout_rs_mask(old, roll, mask, "token_k1,seq_mean_k3", "2.0,0.2")
+    m = rollout_correction_metrics(torch.ones_like(mask), old - roll, mask, rs_mask=final, rs_masks=masks)
+    assert m["rollout_rs/token_k1/masked_frac"] == pytest.approx(2 / 6)
+    assert m["rollout_rs/seq_mean_k3/masked_frac"] == pytest.approx(4 / 6)
+    assert m["rollout_rs/masked_frac"] == pytest.approx(4 / 6) and m["rollout_rs/seq_masked_frac"] == 0.5

@@ -145,3 +145,25 @@ def test_full_vocab_mode_matches_large_k():
     full, _ = _run(logits, t_logits, tokens, ones, topk=None, alpha=0.0)
     big_k, _ = _run(logits, t_logits, tokens, ones, topk=1000, alpha=0.0)
     assert torch.allclose(full, big_k, atol=1e-6)
+
+
+def test_the_actor_side_passes_the_teacher_context_mask():
+    """distribution_loss (the actor's SDPO call) zeroes rows without a teacher context on its own, even when the
+    loss mask it gets still covers them; the per-token divergence is unchanged on rows with one."""
+    from types import SimpleNamespace
+
+    from scirl.config import Config
+    from scirl.train.distill_losses import Distributions, distribution_loss
+
+    logits, t_logits, tokens = _loss_inputs()
+    s_lp, t_lp = torch.log_softmax(logits, -1), torch.log_softmax(t_logits, -1)
+    log_prob = torch.gather(s_lp, -1, tokens.unsqueeze(-1)).squeeze(-1)
+    cfg = Config()
+    cfg.actor.policy_loss = "sdpo"
+    cfg.distill = SimpleNamespace(sdpo_alpha=0.5, sdpo_topk=4, sdpo_is_clip=2.0)
+    dist = Distributions(s_lp, t_lp, torch.tensor([False, True]))
+    loss, m = distribution_loss(cfg, dist, log_prob, log_prob.detach(), torch.ones(2, 3, dtype=F64), None)
+    both, _ = _run(logits, t_logits, tokens, torch.tensor([1.0, 1.0]), topk=4)
+    assert torch.equal(loss[0], torch.zeros(3, dtype=F64))
+    assert torch.allclose(loss[1], both[1]) and (loss[1] > 0).all()
+    assert m["sdpo/context_frac"].item() == pytest.approx(0.5)

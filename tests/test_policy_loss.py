@@ -93,4 +93,6 @@ def test_registry():
     assert get_policy_loss("vanilla") is vanilla
     with pytest.raises(ScirlError) as e:
         get_policy_loss("vanila")
-    assert "Did you mean 'vanilla'" in str(e.value) and "Known: cispo, gspo, opd_topk, rlsd, sdpo, vanilla" in str(e.value)
+    assert "Did you mean 'vanilla'" in str(e.value)
+    assert ("Known: cispo, clip_cov, dppo_kl, dppo_tv, dro, geo_mean, gpg, gspo, kl_cov, opd_topk, rlsd, sapo, sdpo, "
+            "vanilla") in str(e.value)

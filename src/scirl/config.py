@@ -81,12 +81,15 @@ class KLControlConfig:
 
 @dataclass
 class RolloutCorrectionConfig:
-    """Truncated importance sampling (lp_old - lp_rollout) and rejection sampling, as verl's rollout_correction."""
+    """Importance sampling (lp_old - lp_rollout) and rejection sampling, as current verl's rollout_correction."""
 
     rollout_is: str | None = None  # null | token | sequence
-    rollout_is_threshold: float = 2.0
-    rollout_rs: str | None = None  # null | token_k1 | seq_sum_k1 | seq_mean_k1 | seq_mean_k3 | seq_max_k2
-    rollout_rs_threshold: float = 2.0
+    rollout_is_threshold: str | float = 2.0  # C: truncate at C (TIS) | "lower_upper", e.g. "0.5_5.0": IcePop,
+    # zero weights outside [lower, upper] (quote it in YAML: 0.5_5 would read as the number 0.55)
+    rollout_is_threshold_lower: float | None = None  # IcePop lower bound with a numeric rollout_is_threshold
+    rollout_is_batch_normalize: bool = False  # rescale the IS weights to mean 1 over the batch
+    rollout_rs: str | None = None  # null | token_k1 | seq_mean_k3 | ... | a chain "token_k1,seq_mean_k3"
+    rollout_rs_threshold: str | float = 2.0  # one shared entry or "a,b" one per kind; k1 kinds: C or "lo_hi"
 
 
 @dataclass
@@ -124,6 +127,21 @@ class AlgorithmConfig:
 
 
 @dataclass
+class PolicyLossKwargsConfig:
+    """Hyperparameters of individual policy losses, under verl's names (verl: actor.policy_loss.<name>, and
+    actor.tau_pos / tau_neg for SAPO); each loss reads only its own."""
+
+    tau_pos: float = 1.0  # sapo: gate temperature where A > 0
+    tau_neg: float = 1.05  # sapo: gate temperature where A <= 0
+    clip_cov_ratio: float = 0.0002  # clip_cov: at most this fraction of tokens lose their gradient
+    clip_cov_lb: float = 1.0  # clip_cov: covariance window (lb, ub) of those tokens
+    clip_cov_ub: float = 5.0
+    kl_cov_ratio: float = 0.0002  # kl_cov: fraction of tokens (largest covariance) that get the KL penalty
+    ppo_kl_coef: float = 0.1  # kl_cov: coefficient of |lp - lp_old| on them
+    dro_beta: float | None = None  # dro: quadratic log-ratio penalty, required (> 0) by dro
+
+
+@dataclass
 class ActorConfig:
     policy_loss: str = "vanilla"
     loss_agg_mode: str = "token-mean"
@@ -141,6 +159,7 @@ class ActorConfig:
     use_kl_loss: bool = False
     kl_loss_coef: float = 0.001
     kl_loss_type: str = "low_var_kl"
+    policy_loss_kwargs: PolicyLossKwargsConfig = field(default_factory=PolicyLossKwargsConfig)
 
 
 @dataclass

@@ -22,8 +22,8 @@ def _registered(key: str, lookup, name: str) -> None:
 
 
 def validate(cfg: Config) -> None:
-    from scirl.algos import KL_KINDS, LOSS_AGG_MODES, get_advantage_estimator, get_policy_loss
-    from scirl.algos.rollout_correction import RS_KINDS
+    from scirl.algos import KL_KINDS, get_advantage_estimator, get_policy_loss
+    from scirl.algos.aggregation import check_mode
     from scirl.rewards import get_reward
 
     d, r, a, act, t = cfg.data, cfg.rollout, cfg.algorithm, cfg.actor, cfg.trainer
@@ -31,12 +31,11 @@ def validate(cfg: Config) -> None:
     _registered("algorithm.adv_estimator", get_advantage_estimator, a.adv_estimator)
     _registered("actor.policy_loss", get_policy_loss, act.policy_loss)
     _registered("reward.name", get_reward, cfg.reward.name)
-    _choice("actor.loss_agg_mode", act.loss_agg_mode, LOSS_AGG_MODES)
+    _registered("actor.loss_agg_mode", check_mode, act.loss_agg_mode)
     _choice("actor.kl_loss_type", act.kl_loss_type, KL_KINDS)
     _choice("algorithm.kl_penalty", a.kl_penalty, KL_KINDS)
     _choice("algorithm.kl_ctrl.type", a.kl_ctrl.type, ("fixed", "adaptive"))
     _choice("algorithm.rollout_correction.rollout_is", rc.rollout_is, (None, "token", "sequence"))
-    _choice("algorithm.rollout_correction.rollout_rs", rc.rollout_rs, (None, *RS_KINDS))
     _choice("algorithm.filter_groups.metric", fg.metric, ("acc", "score"))
     _choice("actor.lr_scheduler", act.lr_scheduler, ("constant", "cosine", "linear"))
     _choice("rollout.engine", r.engine, ("hf",))
@@ -65,10 +64,8 @@ def validate(cfg: Config) -> None:
         raise ScirlError("actor.use_kl_loss and algorithm.use_kl_in_reward are both on: put the KL term in one place")
     if a.kl_ctrl.type == "adaptive" and (a.kl_ctrl.target_kl <= 0 or a.kl_ctrl.horizon < 1):
         raise ScirlError("algorithm.kl_ctrl: an adaptive controller needs target_kl > 0 and horizon >= 1")
-    if rc.rollout_is and rc.rollout_is_threshold <= 0:
-        raise ScirlError(f"algorithm.rollout_correction.rollout_is_threshold={rc.rollout_is_threshold} must be > 0")
-    if rc.rollout_rs and rc.rollout_rs_threshold <= 0:
-        raise ScirlError(f"algorithm.rollout_correction.rollout_rs_threshold={rc.rollout_rs_threshold} must be > 0")
+    _check_rollout_correction(cfg)
+    _check_policy_loss(cfg)
     if fg.enable and r.n < 2:
         raise ScirlError("algorithm.filter_groups.enable needs rollout.n >= 2 (a group of one has no spread)")
     if fg.max_num_gen_batches < 0:
@@ -152,3 +149,47 @@ def _check_distill(cfg: Config) -> None:
     if ds.teacher in ("ema", "reference") and teacher_context(cfg) == "none":
         raise ScirlError(f"distill.teacher={ds.teacher} with distill.teacher_context=none: a copy of the student "
                          "reading the same prompt teaches nothing; give it peer_solution or reference context")
+
+
+def _check_rollout_correction(cfg: Config) -> None:
+    """IS thresholds (TIS number or IcePop "lower_upper" / rollout_is_threshold_lower) and chained RS kinds."""
+    from scirl.algos.rollout_correction import is_threshold_bounds, rs_kinds, rs_thresholds
+
+    rc, key = cfg.algorithm.rollout_correction, "algorithm.rollout_correction"
+    if rc.rollout_is or rc.rollout_is_threshold_lower is not None or rc.rollout_is_batch_normalize:
+        try:
+            is_threshold_bounds(rc.rollout_is_threshold, rc.rollout_is_threshold_lower)
+        except ScirlError as e:
+            raise ScirlError(f"{key}.rollout_is_threshold={rc.rollout_is_threshold!r}: {e}") from None
+        if not rc.rollout_is:
+            raise ScirlError(f"{key}: rollout_is_threshold_lower / rollout_is_batch_normalize act on IS weights; "
+                             "set rollout_is (token or sequence)")
+    if rc.rollout_rs is not None:
+        _registered(f"{key}.rollout_rs", rs_kinds, rc.rollout_rs)
+        try:
+            rs_thresholds(rs_kinds(rc.rollout_rs), rc.rollout_rs_threshold)
+        except ScirlError as e:
+            raise ScirlError(f"{key}.rollout_rs_threshold={rc.rollout_rs_threshold!r}: {e}") from None
+
+
+def _check_policy_loss(cfg: Config) -> None:
+    """A loss verl always aggregates one way must be configured that way; the losses' own hyperparameters."""
+    from scirl.algos import get_policy_loss
+
+    act, kw = cfg.actor, cfg.actor.policy_loss_kwargs
+    fixed = getattr(get_policy_loss(act.policy_loss), "agg_mode", None)
+    if fixed and act.loss_agg_mode != fixed:
+        raise ScirlError(f"actor.loss_agg_mode={act.loss_agg_mode} with actor.policy_loss={act.policy_loss}: verl "
+                         f"always aggregates {act.policy_loss} with {fixed}, whatever loss_agg_mode says; set "
+                         f"actor.loss_agg_mode={fixed}")
+    for name in ("tau_pos", "tau_neg", "clip_cov_ratio", "kl_cov_ratio"):
+        if not getattr(kw, name) > 0:
+            raise ScirlError(f"actor.policy_loss_kwargs.{name}={getattr(kw, name)} must be > 0")
+    if kw.ppo_kl_coef < 0:
+        raise ScirlError(f"actor.policy_loss_kwargs.ppo_kl_coef={kw.ppo_kl_coef} must be >= 0")
+    if not kw.clip_cov_lb < kw.clip_cov_ub:
+        raise ScirlError(f"actor.policy_loss_kwargs.clip_cov_lb={kw.clip_cov_lb} must be < "
+                         f"clip_cov_ub={kw.clip_cov_ub}")
+    if (act.policy_loss == "dro" or kw.dro_beta is not None) and not (kw.dro_beta or 0) > 0:
+        raise ScirlError(f"actor.policy_loss_kwargs.dro_beta={kw.dro_beta}: actor.policy_loss=dro needs a "
+                         "quadratic penalty dro_beta > 0 (verl has no default)")

@@ -1,7 +1,8 @@
 """RL algorithm building blocks: advantages, losses, aggregation, KL, rollout correction, DAPO, RLSD, SDPO, OPD."""
 
-from scirl.algos import advantages, policy_loss  # noqa: F401  (imported so their functions register)
-from scirl.algos.aggregation import LOSS_AGG_MODES, aggregate_loss
+# imported so their functions register
+from scirl.algos import advantages, cov_losses, dppo, pg_losses, policy_loss  # noqa: F401
+from scirl.algos.aggregation import LOSS_AGG_MODES, aggregate_loss, global_denominator
 from scirl.algos.dynamic_sampling import filter_groups
 from scirl.algos.kl import (
     KL_KINDS,
@@ -19,7 +20,13 @@ from scirl.algos.registry import (
     register_advantage,
     register_policy_loss,
 )
-from scirl.algos.rollout_correction import rollout_correction_metrics, rollout_is_weights, rollout_rs_mask
+from scirl.algos.rollout_correction import (
+    normalize_is_weights,
+    rollout_correction_metrics,
+    rollout_is_weights,
+    rollout_rs_mask,
+    rollout_rs_masks,
+)
 from scirl.algos.utils import entropy_from_logits, masked_mean, masked_whiten
 from scirl.algos.rlsd import rlsd_advantages, rlsd_lambda, rlsd_weight_stats  # also registers the "rlsd" loss
 from scirl.algos.sdpo import generalized_jsd, sdpo_loss, topk_with_tail
@@ -37,6 +44,7 @@ __all__ = [
     "POLICY_LOSSES",
     "LOSS_AGG_MODES",
     "aggregate_loss",
+    "global_denominator",
     "get_advantage_estimator",
     "get_policy_loss",
     "register_advantage",
@@ -51,6 +59,8 @@ __all__ = [
     "make_kl_controller",
     "rollout_is_weights",
     "rollout_rs_mask",
+    "rollout_rs_masks",
+    "normalize_is_weights",
     "rollout_correction_metrics",
     "overlong_penalty",
     "filter_groups",

@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import torch
 
-from scirl.algos import aggregate_loss, get_policy_loss, kl_penalty, masked_mean, opd_diagnostics
+from scirl.algos import aggregate_loss, get_policy_loss, global_denominator, kl_penalty, masked_mean, opd_diagnostics
 from scirl.config import Config
 from scirl.rollout.base import Trajectories
 from scirl.train.distill_losses import distill_terms, distribution_loss, rlsd_kwargs
@@ -121,6 +121,9 @@ class Actor:
             self.optimizer, lr_lambda(act.warmup_steps, cfg.trainer.total_steps, act.lr_scheduler, act.min_lr_ratio)
         )
         self.policy_loss = get_policy_loss(act.policy_loss)
+        # the loss's own hyperparameters (SAPO's taus, Clip-Cov's window, ...) from actor.policy_loss_kwargs
+        names = getattr(self.policy_loss, "config_kwargs", ())
+        self.loss_kwargs = {k: getattr(act.policy_loss_kwargs, k) for k in names}
         self.skipped_updates = 0  # optimizer steps skipped for a non-finite loss or grad norm (whole run)
 
     def device(self):
@@ -160,9 +163,9 @@ class Actor:
             for mini in torch.arange(len(traj)).split(act.ppo_mini_batch_size * self.cfg.rollout.n):
                 self.optimizer.zero_grad(set_to_none=True)
                 tokens = mask[mini].sum().clamp(min=1.0)
-                sequences = (mask[mini].sum(-1) > 0).sum().clamp(min=1)
-                # normalise by the whole mini-batch, so summed micro-batch gradients equal one big batch
-                denom = tokens if act.loss_agg_mode == "token-mean" else sequences
+                # normalise by the whole mini-batch (its tokens, or its non-empty sequences: a fully masked row
+                # does not count), so summed micro-batch gradients equal one big batch
+                denom = global_denominator(act.loss_agg_mode, mask[mini])
                 step_loss = 0.0
                 for micro in mini.split(act.ppo_micro_batch_size):
                     pick = lambda x: None if x is None else x[micro].to(self.device())  # noqa: E731
@@ -206,6 +209,7 @@ class Actor:
             per_token, pg_metrics = distribution_loss(self.cfg, dist, logp, old, mask, is_weights)
         else:
             extra = rlsd_kwargs(self.cfg, teacher, micro, self.device(), step) if act.policy_loss == "rlsd" else {}
+            extra.update(self.loss_kwargs)
             per_token, pg_metrics = self.policy_loss(logp, old, adv, mask, alg.clip_ratio_low, alg.clip_ratio_high,
                                                      alg.clip_ratio_c, rollout_is_weights=is_weights, **extra)
         agg = dict(mode=act.loss_agg_mode, max_len=self.cfg.rollout.max_new_tokens, denominator=denom)

@@ -10,8 +10,13 @@ from typing import Callable
 
 import torch
 
-from scirl.algos import get_advantage_estimator, kl_penalty, opd_token_rewards, rollout_is_weights, rollout_rs_mask
-from scirl.algos.rollout_correction import rollout_correction_metrics
+from scirl.algos import get_advantage_estimator, kl_penalty, opd_token_rewards
+from scirl.algos.rollout_correction import (
+    normalize_is_weights,
+    rollout_correction_metrics,
+    rollout_is_weights,
+    rollout_rs_masks,
+)
 from scirl.config import Config
 from scirl.config_checks import OPD_ESTIMATORS
 from scirl.train.distill import build_teacher_batch, ema_update
@@ -81,23 +86,34 @@ def train_step(ctx: StepContext) -> dict[str, float]:
 
 
 def loss_mask_and_is_weights(cfg: Config, traj, old_lp, metrics: dict):
-    """The response mask the loss uses (DAPO overlong filtering, rejection sampling) and the TIS weights."""
+    """The response mask the loss uses (DAPO overlong filtering, rejection sampling) and the IS weights.
+
+    As verl, the IS weights and every chained rejection kind are computed on the mask before rejection sampling
+    (after overlong filtering); the weights are truncated (TIS) or zeroed outside [lower, upper] (IcePop), then
+    optionally rescaled to mean 1 (rollout_is_batch_normalize). Metrics are logged before that rescaling."""
     alg, rc = cfg.algorithm, cfg.algorithm.rollout_correction
     mask = traj.response_mask.clone()
     if alg.overlong_filtering:  # truncated responses stay in their group's statistics but leave the loss
         mask[traj.truncated] = 0.0
         metrics["response/overlong_filtered_frac"] = traj.truncated.float().mean().item()
-    is_weights, rs_mask = None, None
-    if rc.rollout_rs:
-        rs_mask = rollout_rs_mask(old_lp, traj.rollout_logprobs, mask, rc.rollout_rs, rc.rollout_rs_threshold)
-        mask = rs_mask
+    if not (rc.rollout_is or rc.rollout_rs):
+        return mask, None
+    is_weights, rs_mask, rs_masks = None, None, None
+    threshold, lower = (rc.rollout_is_threshold, rc.rollout_is_threshold_lower) if rc.rollout_is else (2.0, None)
     if rc.rollout_is:
-        is_weights = rollout_is_weights(old_lp, traj.rollout_logprobs, mask, rc.rollout_is, rc.rollout_is_threshold)
-    if rc.rollout_is or rc.rollout_rs:
-        metrics.update(rollout_correction_metrics(
-            is_weights if is_weights is not None else torch.ones_like(mask), old_lp - traj.rollout_logprobs,
-            traj.response_mask, rs_mask=rs_mask, threshold=rc.rollout_is_threshold, level=rc.rollout_is or "token"))
-    return mask, is_weights
+        is_weights = rollout_is_weights(old_lp, traj.rollout_logprobs, mask, rc.rollout_is, threshold, lower)
+    if rc.rollout_rs:
+        rs_masks = rollout_rs_masks(old_lp, traj.rollout_logprobs, mask, rc.rollout_rs, rc.rollout_rs_threshold)
+        rs_mask = mask
+        for kind_mask in rs_masks.values():  # a token survives only if every kind keeps it
+            rs_mask = rs_mask * kind_mask
+    metrics.update(rollout_correction_metrics(
+        is_weights if is_weights is not None else torch.ones_like(mask), old_lp - traj.rollout_logprobs, mask,
+        rs_mask=rs_mask, threshold=threshold, level=rc.rollout_is or "token", threshold_lower=lower,
+        rs_masks=rs_masks))
+    if is_weights is not None and rc.rollout_is_batch_normalize:
+        is_weights, metrics["rollout_is/batch_norm_factor"] = normalize_is_weights(is_weights, mask, rc.rollout_is)
+    return (mask if rs_mask is None else rs_mask), is_weights
 
 
 def scores_to_token_rewards(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
