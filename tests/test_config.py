@@ -66,3 +66,20 @@ def test_resolved_config_round_trips(tmp_path):
 def test_unknown_registry_names_are_caught_at_load_time(override, key, suggestion):
     with pytest.raises(ScirlError, match=rf"^{key}: .*{suggestion}"):
         load_config(None, [override])
+
+
+def test_verl_style_bounds_are_not_read_as_numbers(tmp_path):
+    """YAML 1.1 reads 0.5_2 as the float 0.52; a "lower_upper" threshold must stay two bounds."""
+    rc = "algorithm.rollout_correction"
+    cfg = load_config(None, [f"{rc}.rollout_is=token", f"{rc}.rollout_is_threshold=0.5_2"])
+    assert cfg.algorithm.rollout_correction.rollout_is_threshold == "0.5_2"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("algorithm:\n  rollout_correction:\n    rollout_is: token\n    rollout_is_threshold: 0.5_2\n"
+                      "actor:\n  lr: 1_0.0e-6\n")
+    cfg = load_config(recipe)
+    assert cfg.algorithm.rollout_correction.rollout_is_threshold == "0.5_2" and cfg.actor.lr == pytest.approx(1e-5)
+
+
+def test_a_key_in_the_wrong_section_suggests_where_it_lives():
+    with pytest.raises(ScirlError, match=r"'actor.tau_pos'.*did you mean 'actor.policy_loss_kwargs.tau_pos'"):
+        load_config(None, ["actor.tau_pos=1.0"])

@@ -194,11 +194,14 @@ class DistillConfig:
 class TrainerConfig:
     total_steps: int = 30
     test_freq: int = 0  # validate every N steps (0: only at start and end)
-    save_freq: int = 0  # checkpoint every N steps (0: only at the end)
+    save_freq: int = 10  # checkpoint every N steps (0: only at the end)
+    keep_last: int = 0  # keep the newest N checkpoints, deleting older ones (0: keep all; the newest is never deleted)
+    save_on_signal: bool = True  # SIGTERM / Ctrl-C: checkpoint at the next step boundary, then exit 128+signal
     seed: int = 1
     run_name: str = "tiny_grpo"
     output_dir: str = "runs"  # run folder is <output_dir>/<run_name>
-    resume: str = "disable"  # disable | auto | <checkpoint folder>
+    resume: str = "auto"  # auto (continue the run folder's latest checkpoint) | disable (new run) | <checkpoint folder>
+    overwrite: bool = False  # start a new run even if the run folder holds one: the old folder is moved aside
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int = 0  # torch intra-op threads on CPU (0: all cores)
     progress: bool = True  # live progress bar on the console
@@ -234,10 +237,9 @@ def all_keys(cfg: Any = None, prefix: str = "") -> list[str]:
 
 
 def _unknown_key(key: str, where: str) -> ScirlError:
-    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
-    if not close:  # try matching the last component alone (e.g. `trainer.clip_ratio_high`)
-        leaf = key.rsplit(".", 1)[-1]
-        close = [k for k in all_keys() if k.rsplit(".", 1)[-1] == leaf][:1]
+    leaf = key.rsplit(".", 1)[-1]  # first the same last component elsewhere (`actor.tau_pos`, `trainer.clip_ratio_high`)
+    close = [k for k in all_keys() if k.rsplit(".", 1)[-1] == leaf][:1]
+    close = close or difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return ScirlError(f"unknown config key '{key}'{where}{hint}")
 
@@ -295,10 +297,45 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ScirlError(f"override '{text}' is not of the form key=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = yaml.load(raw, Loader=_StrictLoader) if raw != "" else ""  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' is given twice (first at line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_float(self, node):
+        text = self.construct_scalar(node)
+        if "_" in text:  # YAML 1.1 reads 0.5_2 as 0.52: keep the text (verl's "lower_upper" thresholds); a float
+            return text  # key still converts it as Python does
+        return super().construct_yaml_float(node)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:float", _StrictLoader.construct_yaml_float)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file; a syntax error or a duplicate key is one line naming the file, line and column."""
+    try:
+        return yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ScirlError(f"{path}{where}: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ScirlError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -306,10 +343,7 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | tuple[s
     path = Path(recipe) if recipe is not None else BUILTIN_RECIPE
     if not path.is_file():
         raise ScirlError(f"recipe file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ScirlError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    data = read_yaml(path) or {}
     cfg = Config()
     _apply(cfg, data, "", f" in {path}")
     for item in overrides:
@@ -338,4 +372,6 @@ def to_dict(cfg: Config) -> dict:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    from scirl.fsutil import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
