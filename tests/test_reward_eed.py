@@ -230,11 +230,14 @@ def test_time_caps():
     # simplify gives up (or not), the rest runs: the same distance either way
     score, d = eed_score(r"(a+b)^{50}+c", r"(a+b)^{49}+c", simplify_timeout=0.05)
     assert d["exit"] == "distance" and score == pytest.approx(60 - 100 / 7)
-    # ~20 s of simplify under a 1.5 s budget: parse ~0.4 s each, then simplify is cut off; the unsimplified sides
-    # still cancel (a - b == 0)
+    # ~20 s of simplify under a 1.5 s budget: the budget cuts it at whichever stage it runs out in (on a loaded
+    # machine that may be the parse or the substitution); when only simplify is cut, the unsimplified sides still
+    # cancel (a - b == 0). Every outcome shows the cap at work: a timeout exit, or simplify named as capped.
     score, d = eed_score(SLOW, SLOW + " ", time_budget=1.5)
-    assert (score, d["exit"]) in {(100.0, "equivalent"), (0.0, "parse_timeout")}
-    assert d["exit"] == "parse_timeout" or "simplify_answer" in d["capped"].split(","), d
+    if d["exit"] == "equivalent":
+        assert score == 100.0 and "simplify_answer" in d["capped"].split(","), d
+    else:
+        assert (score, d["exit"]) in {(0.0, "parse_timeout"), (0.0, "simplify_timeout")}, d
 
 
 def test_caps_work_inside_a_pool_worker():
