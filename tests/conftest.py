@@ -1,5 +1,6 @@
 """Shared fixtures: the bundled tiny model, small fast configs, the shared data folder (skip when absent)."""
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,10 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 torch.set_num_threads(2)
+# A shell starts a background job (`make test &`, a CI runner) with SIGINT ignored, and Python keeps it ignored;
+# children inherit that, so the Ctrl-C tests would test nothing. Give this process (and, through exec's reset of
+# handled signals, every child) Python's normal Ctrl-C behaviour.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def small_overrides(tmp_path, **extra) -> list[str]:
