@@ -142,6 +142,16 @@ class PolicyLossKwargsConfig:
 
 
 @dataclass
+class FsdpConfig:
+    """FSDP2 sharding of the actor (and of the reference / teachers the same way) when world size > 1."""
+
+    param_dtype: str = "auto"  # auto (float32 on CPU, bfloat16 on CUDA) | float32 | bfloat16 | float16
+    reduce_dtype: str = "float32"  # gradient reduce-scatter dtype: float32 | bfloat16
+    offload: bool = False  # keep sharded parameters, gradients and optimizer state in CPU memory (CPUOffloadPolicy)
+    reshard_after_forward: bool = True  # free gathered layers after forward (ZeRO-3); false keeps them (ZeRO-2)
+
+
+@dataclass
 class ActorConfig:
     policy_loss: str = "vanilla"
     loss_agg_mode: str = "token-mean"
@@ -160,6 +170,9 @@ class ActorConfig:
     kl_loss_coef: float = 0.001
     kl_loss_type: str = "low_var_kl"
     policy_loss_kwargs: PolicyLossKwargsConfig = field(default_factory=PolicyLossKwargsConfig)
+    fsdp: FsdpConfig = field(default_factory=FsdpConfig)
+    gradient_checkpointing: bool = False  # recompute each decoder layer's activations in backward
+    logprobs_chunk_size: int = 0  # response tokens per lm_head + log-softmax chunk (0: full [B, R, V] logits)
 
 
 @dataclass
@@ -205,6 +218,20 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int = 0  # torch intra-op threads on CPU (0: all cores)
     progress: bool = True  # live progress bar on the console
+    nproc_per_node: int = 1  # training processes per machine (> 1: scirl starts them with torchrun or Ray)
+    nnodes: int = 1  # machines (Ray launcher; with torchrun start one torchrun per machine yourself)
+    launcher: str = "torchrun"  # torchrun | ray: how scirl starts nnodes x nproc_per_node processes
+    save_hf: bool = True  # each checkpoint also holds a loadable HF folder (model/), gathered on rank 0
+
+
+@dataclass
+class RayConfig:
+    """trainer.launcher=ray: Ray only places and starts the training processes (one actor per rank)."""
+
+    address: str | None = None  # null: start a local Ray instance | auto: the running cluster | ray://host:port
+    num_cpus_per_worker: float = 1.0
+    num_gpus_per_worker: float | None = None  # null: 1 when CUDA is present, else 0
+    object_store_memory: int | None = None  # bytes, local instance only (null: Ray's default)
 
 
 @dataclass
@@ -217,6 +244,7 @@ class Config:
     actor: ActorConfig = field(default_factory=ActorConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -42,6 +42,9 @@ def validate(cfg: Config) -> None:
     _choice("actor.lr_scheduler", act.lr_scheduler, ("constant", "cosine", "linear"))
     _choice("rollout.engine", r.engine, ("hf",))
     _choice("trainer.device", t.device, ("auto", "cpu", "cuda"))
+    _choice("trainer.launcher", t.launcher, ("torchrun", "ray"))
+    _choice("actor.fsdp.param_dtype", act.fsdp.param_dtype, ("auto", "float32", "bfloat16", "float16"))
+    _choice("actor.fsdp.reduce_dtype", act.fsdp.reduce_dtype, ("float32", "bfloat16"))
     _check_data(cfg)
     _check_distill(cfg)
 

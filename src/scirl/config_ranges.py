@@ -89,6 +89,10 @@ RANGES: dict[str, Range] = {
     "trainer.total_steps": NON_NEG, "trainer.test_freq": at_least(0, "0 validates at the start and end only"),
     "trainer.save_freq": at_least(0, "0 saves at the end only"), "trainer.keep_last": at_least(0, "0 keeps all"),
     "trainer.seed": SEED, "trainer.num_threads": at_least(0, "0 uses every core"),
+    "trainer.nproc_per_node": COUNT, "trainer.nnodes": COUNT,
+    "actor.logprobs_chunk_size": at_least(0, "0 computes the full logits"),
+    "ray.num_cpus_per_worker": NON_NEG, "ray.num_gpus_per_worker": NON_NEG,
+    "ray.object_store_memory": at_least(78643200, "Ray's minimum object store is 75 MiB"),
 }
 LIST_RANGES: dict[str, tuple[int, Range]] = {  # key: (length, range of each item)
     "actor.betas": (2, Range(0.0, 1.0, high_open=True)),

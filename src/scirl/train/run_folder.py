@@ -38,7 +38,9 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "eval", "checkpoint
 OPERATIONAL = ("trainer.total_steps", "trainer.test_freq", "trainer.save_freq", "trainer.keep_last",
                "trainer.save_on_signal", "trainer.progress", "trainer.num_threads", "trainer.device",
                "trainer.resume", "trainer.overwrite", "trainer.output_dir", "trainer.run_name",
-               "reward.workers", "reward.timeout", "data.data_dir")
+               "reward.workers", "reward.timeout", "data.data_dir", "trainer.nproc_per_node", "trainer.nnodes",
+               "trainer.launcher", "trainer.save_hf", "ray.", "actor.fsdp.offload", "actor.fsdp.reshard_after_forward",
+               "actor.gradient_checkpointing", "actor.logprobs_chunk_size")
 FIXED = ("model.", "data.train", "data.train_size", "data.seed", "data.shuffle", "data.dedup", "data.template",
          "data.system_prompt", "data.max_prompt_length", "data.truncation", "data.fields", "data.enable_thinking",
          "trainer.seed", "distill.teacher", "distill.teacher_path")
