@@ -1,4 +1,5 @@
-"""The `scirl` command line: `scirl train [RECIPE.yaml] [key=value ...]`, `config`, `eval`, `grade`, `serve`.
+"""The `scirl` command line: `scirl train [RECIPE.yaml] [key=value ...]`, `config`, `eval`, `grade`, `serve`,
+`export`, `merge`.
 
 User errors exit 2 with one line."""
 
@@ -106,10 +107,28 @@ def cmd_serve(args: list[str]) -> int:
     return serve_main(args)
 
 
+def cmd_export(args: list[str]) -> int:
+    from scirl.export.command import export_main
+
+    return export_main(args)
+
+
+def cmd_merge(args: list[str]) -> int:
+    from scirl.export.command import merge_main
+
+    return merge_main(args)
+
+
 def _serve_usage() -> str:
     from scirl.serve import help_text  # light: torch and transformers load only when serving
 
     return help_text()  # the full argparse help: `scirl serve --help` lists every flag
+
+
+def _export_usage(which: str) -> str:
+    from scirl.export import command  # light: torch loads only when a command runs
+
+    return getattr(command, f"USAGE_{which}")
 
 
 def _eval_usage() -> str:
@@ -120,7 +139,8 @@ def _eval_usage() -> str:
 
 COMMANDS = {"train": (cmd_train, USAGE_TRAIN), "config": (cmd_config, "scirl config [RECIPE.yaml] [key=value ...]: "
                                                          "print the resolved config"),
-            "grade": (cmd_grade, USAGE_GRADE), "eval": (cmd_eval, _eval_usage()), "serve": (cmd_serve, _serve_usage())}
+            "grade": (cmd_grade, USAGE_GRADE), "eval": (cmd_eval, _eval_usage()), "serve": (cmd_serve, _serve_usage()),
+            "export": (cmd_export, _export_usage("EXPORT")), "merge": (cmd_merge, _export_usage("MERGE"))}
 
 
 def main(argv: list[str] | None = None) -> int:

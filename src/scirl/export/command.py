@@ -1,0 +1,81 @@
+"""The `scirl export` and `scirl merge --from verl` commands: parse the arguments, load, write the HF folder, print
+one summary line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from scirl.errors import ScirlError
+
+DTYPE_NAMES = ("fp32", "bf16", "fp16")  # keys of hf_folder.DTYPES; that module imports torch, `--help` must not
+
+USAGE_EXPORT = """scirl export CKPT -o DIR [--dtype fp32|bf16|fp16] [--force]
+
+Turn a scirl checkpoint folder (runs/NAME/checkpoints/step_N) into a Hugging Face folder that
+AutoModelForCausalLM.from_pretrained loads: safetensors (tied embeddings stored once), config.json,
+generation_config.json, tokenizer files and chat template. The checkpoint may hold a loadable HF folder
+(step_N/model/, or the HF files at step_N/ in older checkpoints) or only its DCP shards (step_N/dcp/ with
+step_N/hf_meta/), saved at any world size; no process group is needed. --dtype defaults to fp32 (an fp32
+checkpoint's logits are reproduced exactly). DIR is written atomically; an existing non-empty DIR is refused
+unless --force."""
+
+USAGE_MERGE = """scirl merge --from verl DIR -o OUT [--dtype fp32|bf16|fp16] [--force]
+
+Merge verl's FSDP actor checkpoint (global_step_N/actor: fsdp_config.json, model_world_size_W_rank_R.pt for every
+rank, huggingface/) into one Hugging Face folder. Reads FSDP2 DTensor shards (Shard(0), Shard(1), uneven, a
+(ddp, fsdp) mesh), FSDP1 ShardedTensors and W = 1 plain tensors without a process group; replicated buffers are
+taken once; LoRA adapters are folded into the base weights with lora_alpha / r from lora_train_meta.json.
+Weights stay fp32 unless --dtype asks otherwise (verl's own merger always casts to bf16). OUT is written
+atomically; an existing non-empty OUT is refused unless --force."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ScirlError(f"{self.prog}: {message}")
+
+
+def _add_output_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", required=True)
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32")
+    parser.add_argument("--force", action="store_true")
+
+
+def _count(model) -> str:
+    n = sum(p.numel() for p in model.parameters())
+    return f"{n / 1e6:.2f}M parameters" if n >= 1e5 else f"{n} parameters"
+
+
+def export_main(args: list[str]) -> int:
+    parser = _Parser(prog="scirl export", add_help=False)
+    parser.add_argument("checkpoint")
+    _add_output_args(parser)
+    ns = parser.parse_args(args)
+    from scirl.export.hf_folder import DTYPES, check_output, write_hf_folder
+    from scirl.export.scirl_ckpt import load_checkpoint_model
+
+    check_output(Path(ns.output), ns.force, sources=(Path(ns.checkpoint),))
+    model, source = load_checkpoint_model(Path(ns.checkpoint))
+    out = write_hf_folder(model, source.meta, Path(ns.output), DTYPES[ns.dtype], ns.force)
+    print(f"exported {ns.checkpoint} ({source.kind}) -> {out}: {_count(model)}, {ns.dtype}")
+    return 0
+
+
+def merge_main(args: list[str]) -> int:
+    parser = _Parser(prog="scirl merge", add_help=False)
+    parser.add_argument("--from", dest="source", required=True, choices=["verl"])
+    parser.add_argument("folder")
+    _add_output_args(parser)
+    ns = parser.parse_args(args)
+    from scirl.export.hf_folder import DTYPES, check_output, empty_model, fill_model, write_hf_folder
+    from scirl.export.verl_merge import load_verl_state_dict
+
+    check_output(Path(ns.output), ns.force, sources=(Path(ns.folder),))
+    state, ckpt = load_verl_state_dict(Path(ns.folder))
+    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+    model = empty_model(ckpt.hf_dir, dtype=dtypes.pop() if len(dtypes) == 1 else DTYPES["fp32"])
+    fill_model(model, state, str(ckpt.folder))
+    del state
+    out = write_hf_folder(model, ckpt.hf_dir, Path(ns.output), DTYPES[ns.dtype], ns.force)
+    print(f"merged {ckpt.world_size} rank file(s) of {ckpt.folder} -> {out}: {_count(model)}, {ns.dtype}")
+    return 0
