@@ -33,10 +33,17 @@ def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_train(args: list[str]) -> int:
+    from scirl.launch import die_with_launcher, is_rank, launch_if_needed
+
+    if is_rank():
+        die_with_launcher()
     from scirl.config import load_config
 
     recipe, overrides = _split_args(args)
-    cfg = load_config(recipe, overrides)
+    cfg = load_config(recipe, overrides)  # checked before any process starts: a bad key is one line, exit 2
+    code = launch_if_needed(cfg, args)  # trainer.nproc_per_node > 1 or trainer.launcher=ray: start the ranks
+    if code is not None:
+        return code
     from scirl.train.loop import run_training  # heavy imports (torch, transformers) only once the config is valid
 
     run_training(cfg)
@@ -158,20 +165,45 @@ def main(argv: list[str] | None = None) -> int:
     if rest[:1] in (["-h"], ["--help"]):
         print(usage)
         return 0
+    code, error = _run(func, rest)
+    return _as_rank(code, error)
+
+
+def _run(func, rest: list[str]) -> tuple[int, str]:
+    """Run a command: its exit status and its one-line error ("" when none)."""
     try:
-        return func(rest)
+        return func(rest), ""
     except ScirlError as e:
         code = getattr(e, "exit_code", 2)  # a run stopped by a signal exits 128 + signum
         print(f"scirl: {'error: ' if code == 2 else ''}{e}", file=sys.stderr)
-        return code
+        return code, str(e)
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            _as_rank(1, f"{type(e).__name__}: {e}")
             raise
         print(f"scirl: error: {e.strerror} writing {e.filename or 'a file'}", file=sys.stderr)
-        return 1
+        return 1, f"{e.strerror} writing {e.filename or 'a file'}"
     except KeyboardInterrupt:
         print("scirl: interrupted", file=sys.stderr)
-        return 130
+        return 130, "interrupted"
+    except BaseException as e:  # a bug: the traceback is printed as always; the launcher learns the last line
+        if not isinstance(e, SystemExit):
+            _as_rank(1, f"{type(e).__name__}: {e}")
+        raise
+
+
+def _as_rank(code: int, error: str) -> int:
+    """In a rank started by scirl's launcher: report the status and error to it (scirl.launch.rank_report). A rank
+    stopped by a signal then exits 0: torchrun's agent would otherwise signal the ranks still checkpointing, which
+    they take for a second signal; the launcher exits 128 + signal itself."""
+    import os
+
+    if "RANK" not in os.environ or "SCIRL_RANK_REPORT_DIR" not in os.environ:
+        return code
+    from scirl.launch.rank_report import write_report
+
+    write_report(code, error)
+    return 0 if code > 128 and os.environ.get("SCIRL_LAUNCHER_PID") else code
 
 
 if __name__ == "__main__":
