@@ -19,7 +19,9 @@ The run folder is <trainer.output_dir>/<trainer.run_name>/. Running the same com
 from its latest checkpoint (trainer.resume=auto, the default; a finished run says so and does nothing);
 trainer.resume=disable insists on a new run, trainer.resume=PATH continues from a checkpoint folder, and
 trainer.overwrite=true moves an existing run folder aside and starts over. SIGTERM or Ctrl-C checkpoint at the
-next step boundary and exit 143 / 130 (a second signal exits at once). `scirl config` prints every key."""
+next step boundary and exit 143 / 130 (a second signal exits at once). `scirl config` prints every key.
+trainer.nproc_per_node=N starts N processes with torchrun (one machine); trainer.launcher=ray with trainer.nnodes
+and ray.address=auto runs across a Ray cluster; `torchrun ... -m scirl train ...` by hand works too."""
 
 
 def _split_args(args: list[str]) -> tuple[str | None, list[str]]:

@@ -46,6 +46,8 @@ class GracefulStop:
             os.write(2, f"\nscirl: second {name}: exiting now, without a checkpoint\n".encode())
             os._exit(128 + signum)
         self.signum = signum
+        if os.environ.get("RANK", "0") != "0":
+            return  # one line per run, not one per rank
         os.write(2, f"\nscirl: {name} received: stopping after this step with a checkpoint (send it again to exit "
                     "at once)\n".encode())
 
