@@ -41,6 +41,13 @@ def _add_output_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true")
 
 
+def _quiet_transformers() -> None:
+    """One summary line is the command's output; transformers' loading / writing progress bars are noise here."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def _count(model) -> str:
     n = sum(p.numel() for p in model.parameters())
     return f"{n / 1e6:.2f}M parameters" if n >= 1e5 else f"{n} parameters"
@@ -55,6 +62,7 @@ def export_main(args: list[str]) -> int:
     from scirl.export.scirl_ckpt import load_checkpoint_model
 
     check_output(Path(ns.output), ns.force, sources=(Path(ns.checkpoint),))
+    _quiet_transformers()
     model, source = load_checkpoint_model(Path(ns.checkpoint))
     out = write_hf_folder(model, source.meta, Path(ns.output), DTYPES[ns.dtype], ns.force)
     print(f"exported {ns.checkpoint} ({source.kind}) -> {out}: {_count(model)}, {ns.dtype}")
@@ -71,6 +79,7 @@ def merge_main(args: list[str]) -> int:
     from scirl.export.verl_merge import load_verl_state_dict
 
     check_output(Path(ns.output), ns.force, sources=(Path(ns.folder),))
+    _quiet_transformers()
     state, ckpt = load_verl_state_dict(Path(ns.folder))
     dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
     model = empty_model(ckpt.hf_dir, dtype=dtypes.pop() if len(dtypes) == 1 else DTYPES["fp32"])

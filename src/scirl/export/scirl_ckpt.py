@@ -5,6 +5,7 @@ the config and tokenizer in `step_N/hf_meta/`. DCP loads without a process group
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,11 +85,14 @@ def load_dcp(dcp_dir: Path, meta_dir: Path):
     missing = sorted(k for k in wanted if k not in stored_model and not any(a in stored_model for a in tied.get(k, ())))
     if missing:
         raise ScirlError(f"{dcp_dir}: {DCP_MODEL_KEY}.{missing[0]} is missing ({len(missing)} weights missing)")
-    for k, meta in stored_model.items():
+    for k in (k for k in wanted if k in stored_model):  # in the model's order: the first layer's first misfit
+        meta = stored_model[k]
         if isinstance(meta, TensorStorageMetadata) and tuple(meta.size) != tuple(wanted[k].shape):
             raise ScirlError(f"{dcp_dir}: {DCP_MODEL_KEY}.{k} has shape {tuple(meta.size)}, the model in "
                              f"{meta_dir / 'config.json'} needs {tuple(wanted[k].shape)}")
-    dcp.load({DCP_MODEL_KEY: {k: wanted[k] for k in stored_model}}, storage_reader=reader)
+    with warnings.catch_warnings():  # "no process group: assuming a single process" is what is meant here
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        dcp.load({DCP_MODEL_KEY: {k: wanted[k] for k in stored_model}}, storage_reader=reader)
     return model
 
 
