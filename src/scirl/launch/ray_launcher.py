@@ -17,7 +17,8 @@ scirl.launch.rank_report) makes the driver kill the others and exit with that ra
 Ctrl-C to the driver are forwarded to every rank (each checkpoints at its next step boundary); a second one kills
 them. With ray.address null the driver starts a local Ray instance (ray.init) in a temp folder of its own under
 RAY_TMPDIR (default /tmp) with an in-memory auth token (RAY_AUTH_TOKEN, never ~/.ray/auth_token), and removes the
-folder after ray.shutdown(). SCIRL_* env vars of the driver are passed to every rank.
+folder after ray.shutdown(). SCIRL_* env vars of the driver are passed to every rank, and each rank runs in the
+driver's working folder where its node has it (relative paths in the command mean the same everywhere).
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ class RankProcess:
         self.report_dir = tempfile.mkdtemp(prefix="scirl-rank-")
         self.rank = -1
 
+    def __repr__(self) -> str:  # Ray prefixes each line of the rank's output with it: "(rank 0 pid=...)"
+        return f"rank {self.rank}" if self.rank >= 0 else "rank"
+
     def where(self) -> tuple[str, list[str], int]:
         import ray
 
@@ -68,10 +72,11 @@ class RankProcess:
             s.bind(("", 0))
             return s.getsockname()[1]
 
-    def start(self, argv: list[str], env: dict[str, str]) -> int:
+    def start(self, argv: list[str], env: dict[str, str], cwd: str) -> int:
         self.rank = int(env["RANK"])
         full = {**os.environ, **env, LAUNCHER_PID: str(os.getpid()), REPORT_DIR: self.report_dir}
-        self.proc = procs.popen([sys.executable, *argv], env=full)  # dies with this actor's process
+        # the driver's folder, so that relative paths in the command (recipe, trainer.output_dir) mean the same
+        self.proc = procs.popen([sys.executable, *argv], env=full, cwd=cwd if os.path.isdir(cwd) else None)
         threading.Thread(target=self._wait, daemon=True).start()
         return self.proc.pid
 
@@ -265,7 +270,7 @@ def launch_ray(cfg: Config, worker_argv: list[str]) -> int:
             master = (where[0][0], ray.get(actors[0].free_port.remote()))
             extra = {k: v for k, v in os.environ.items() if k.startswith("SCIRL_") and k not in (LAUNCHER_PID, REPORT_DIR)}
             envs = rank_envs(where, master, threads_per_rank(cfg, rc.num_cpus_per_worker), extra)
-            ray.get([a.start.remote(worker_argv, env) for a, env in zip(actors, envs)])
+            ray.get([a.start.remote(worker_argv, env, os.getcwd()) for a, env in zip(actors, envs)])
             return _watch(ray, actors, where)
         finally:
             for a in actors:

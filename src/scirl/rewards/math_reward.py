@@ -162,7 +162,12 @@ def _numeric_value(s: str) -> float | None:
 
 def warm_up() -> None:
     """Import math-verify / latex2sympy2_extended and run one symbolic comparison now, so that processes forked
-    afterwards (RewardPool workers) start warm instead of paying ~0.5 s inside their first timed call."""
+    afterwards (RewardPool workers) start warm instead of paying ~0.5 s inside their first timed call. The imports
+    run before, outside math_equal's deadline: on a loaded machine the deadline could cut an import short and leave
+    a half-initialised sympy in sys.modules, which breaks torch's own import of it later in the run."""
+    import sympy  # noqa: F401
+
+    _math_verify()
     math_equal("x+1", "1+x")
 
 
