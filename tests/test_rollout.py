@@ -6,7 +6,7 @@ from scirl.data.prompts import tokenize_prompts
 from scirl.data.synthetic import make_problems
 from scirl.rollout.base import SamplingParams
 from scirl.rollout.hf_engine import HFRolloutEngine
-from scirl.train.actor import sequence_logprobs
+from scirl.train.logprobs import sequence_logprobs
 
 
 def _prompts(tokenizer, n):

@@ -13,7 +13,7 @@ from scirl.data.synthetic import make_problems
 from scirl.errors import ScirlError
 from scirl.rollout.base import SamplingParams
 from scirl.rollout.hf_engine import HFRolloutEngine
-from scirl.train.actor import batched_logprobs
+from scirl.train.logprobs import batched_logprobs
 from scirl.train.model_loading import ASSETS
 from scirl.train.teachers import EMATeacher, ExternalTeacher, FrozenReference
 

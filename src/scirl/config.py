@@ -172,7 +172,12 @@ class ActorConfig:
     policy_loss_kwargs: PolicyLossKwargsConfig = field(default_factory=PolicyLossKwargsConfig)
     fsdp: FsdpConfig = field(default_factory=FsdpConfig)
     gradient_checkpointing: bool = False  # recompute each decoder layer's activations in backward
-    logprobs_chunk_size: int = 0  # response tokens per lm_head + log-softmax chunk (0: full [B, R, V] logits)
+    # response tokens per lm_head + log-softmax chunk: per-token log-probs and entropy without [B, R, V] logits
+    # (train/logprobs.py). 0: auto, chunks of <= 2**27 logits (512 MiB fp32; 884 tokens at Qwen3's 151,669
+    # vocabulary; the tiny model's 517 never chunks). A micro-batch with at most one chunk of tokens computes full
+    # logits, so a value above every micro-batch's token count turns chunking off. SDPO / top-k OPD and the OPD
+    # diagnostics (distill.diagnostics_topk) read whole distributions and always compute full logits.
+    logprobs_chunk_size: int = 0
 
 
 @dataclass

@@ -90,7 +90,7 @@ RANGES: dict[str, Range] = {
     "trainer.save_freq": at_least(0, "0 saves at the end only"), "trainer.keep_last": at_least(0, "0 keeps all"),
     "trainer.seed": SEED, "trainer.num_threads": at_least(0, "0 uses every core"),
     "trainer.nproc_per_node": COUNT, "trainer.nnodes": COUNT,
-    "actor.logprobs_chunk_size": at_least(0, "0 computes the full logits"),
+    "actor.logprobs_chunk_size": at_least(0, "0 picks the chunk from the vocabulary size"),
     "ray.num_cpus_per_worker": NON_NEG, "ray.num_gpus_per_worker": NON_NEG,
     "ray.object_store_memory": at_least(78643200, "Ray's minimum object store is 75 MiB"),
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from scirl.rollout.base import SamplingParams, Trajectories
 
@@ -68,27 +69,29 @@ class HFRolloutEngine:
         was_training = self.model.training
         self.model.eval()
         greedy = sampling.temperature <= 0
-        out = self.model.generate(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            past_key_values=self._shared_prompt_cache(rows, prompt_ids.shape[1], device),
-            do_sample=not greedy,
-            temperature=None if greedy else sampling.temperature,
-            top_p=None if greedy else sampling.top_p,
-            top_k=0,  # vLLM / verl default: no top-k
-            max_new_tokens=sampling.max_new_tokens,
-            eos_token_id=self.eos_ids,
-            pad_token_id=self.pad_id,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
+        cache = self._shared_prompt_cache(rows, prompt_ids.shape[1], device)
+        recorder = SampledTokenLogprobs(self.model.get_output_embeddings(), sampling.temperature)
+        try:
+            out = self.model.generate(
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                past_key_values=cache,
+                do_sample=not greedy,
+                temperature=None if greedy else sampling.temperature,
+                top_p=None if greedy else sampling.top_p,
+                top_k=0,  # vLLM / verl default: no top-k
+                max_new_tokens=sampling.max_new_tokens,
+                eos_token_id=self.eos_ids,
+                pad_token_id=self.pad_id,
+                logits_processor=LogitsProcessorList([recorder]),
+                return_dict_in_generate=True,
+            )
+        finally:
+            recorder.remove()  # the hook never outlives this call
         self.model.train(was_training)
         response_ids = out.sequences[:, prompt_ids.shape[1] :]
         # log pi(token) under the sampling temperature (before top-p), the quantity the trainer recomputes
-        logits = torch.stack(out.logits, dim=1).float()
-        if not greedy:
-            logits = logits / sampling.temperature
-        logprobs = torch.gather(F.log_softmax(logits, dim=-1), 2, response_ids.unsqueeze(-1)).squeeze(-1)
+        logprobs = recorder.finish(response_ids)
         is_eos = torch.isin(response_ids, torch.tensor(self.eos_ids, device=device))
         # a token is part of the response up to and including the first EOS
         after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
@@ -111,6 +114,46 @@ class HFRolloutEngine:
             texts=texts,
             pad_id=self.pad_id,
         )
+
+
+class SampledTokenLogprobs(LogitsProcessor):
+    """log pi(sampled token) at each `generate` step from the raw logits at `temperature` (before any processor or
+    top-p, as `output_logits` gives them), holding one step's [B, V] log-softmax instead of every step's logits
+    ([B, R, V]: 318 GB in fp32 for 64 rows x 8192 tokens at Qwen3's 151,669 vocabulary).
+
+    A forward hook on the lm_head keeps the newest step's log-softmax; generate calls this processor once per step
+    after the forward, when input_ids end with the token sampled at the previous step, which it gathers."""
+
+    def __init__(self, head: torch.nn.Module, temperature: float):
+        self.temperature = temperature
+        self.current: torch.Tensor | None = None  # this step's log-softmax (set by the hook)
+        self.previous: torch.Tensor | None = None  # the previous step's, waiting for its sampled token
+        self.steps: list[torch.Tensor] = []
+        self._handle = head.register_forward_hook(self._on_logits)
+
+    def _on_logits(self, module, args, output: torch.Tensor) -> None:
+        logits = output[:, -1].float()
+        self.current = F.log_softmax(logits / self.temperature if self.temperature > 0 else logits, dim=-1)
+
+    def _take(self, tokens: torch.Tensor) -> None:
+        if self.previous is not None:
+            self.steps.append(self.previous.gather(1, tokens.unsqueeze(1)).squeeze(1))
+        self.previous = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self._take(input_ids[:, -1])
+        self.previous, self.current = self.current, None
+        return scores
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+    def finish(self, response_ids: torch.Tensor) -> torch.Tensor:
+        """[B, R] log-probs of the generated tokens."""
+        self._take(response_ids[:, -1])
+        if len(self.steps) != response_ids.shape[1]:
+            raise RuntimeError(f"recorded {len(self.steps)} generate steps for {response_ids.shape[1]} tokens")
+        return torch.stack(self.steps, dim=1)
 
 
 def _dedup_consecutive(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:

@@ -1,5 +1,6 @@
-"""The actor: owns the policy module, AdamW and the LR schedule; computes per-token log-probs and applies
-PPO-style updates (mini-batches, micro-batches with gradient accumulation, grad clipping, non-finite skip)."""
+"""The actor: owns the policy module, AdamW and the LR schedule; applies PPO-style updates (mini-batches,
+micro-batches with gradient accumulation, grad clipping, non-finite skip) to per-token log-probs from
+train/logprobs.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import torch
 from scirl.algos import aggregate_loss, get_policy_loss, global_denominator, kl_penalty, masked_mean, opd_diagnostics
 from scirl.config import Config
 from scirl.rollout.base import Trajectories
-from scirl.train.distill_losses import distill_terms, distribution_loss, rlsd_kwargs
+from scirl.train.distill_losses import distill_terms, distribution_loss, needs_distributions, rlsd_kwargs
+from scirl.train.logprobs import batched_logprobs, logprobs_from_logits, response_logits, sequence_logprobs
 
 
 def lr_lambda(warmup: int, total: int, kind: str, min_ratio: float):
@@ -26,86 +28,6 @@ def lr_lambda(warmup: int, total: int, kind: str, min_ratio: float):
         return min_ratio + (1 - min_ratio) * decay
 
     return fn
-
-
-def response_logits(model, prompt_ids, prompt_mask, response_ids, shared_prefix: bool = True) -> torch.Tensor:
-    """Float logits [B, R, V] predicting each response token from (prompt, earlier response tokens).
-
-    With `shared_prefix`, rows that share a prompt (the n samples of a GRPO group) run the prompt through the
-    model once; its KV cache is fanned out to every row and gradients flow back through it. Same math as the
-    plain path (a test checks log-probs and gradients), about half the tokens when prompts are long.
-    """
-    keys = torch.cat([prompt_ids, prompt_mask], dim=1)
-    unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
-    if shared_prefix and len(unique) < len(keys):
-        logits = _shared_prefix_logits(model, unique[:, : prompt_ids.shape[1]], unique[:, prompt_ids.shape[1] :],
-                                       inverse, prompt_mask, response_ids)
-    else:
-        input_ids = torch.cat([prompt_ids, response_ids], dim=1)
-        attention = torch.cat([prompt_mask, torch.ones_like(response_ids)], dim=1)
-        position_ids = (attention.cumsum(1) - 1).clamp(min=0)  # left padding: positions start at the first real token
-        logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids, use_cache=False,
-                       logits_to_keep=response_ids.shape[1] + 1).logits[:, :-1]
-    return logits.float()
-
-
-def response_log_softmax(model, prompt_ids, prompt_mask, response_ids, temperature: float) -> torch.Tensor:
-    """log pi(. | prefix) over the whole vocabulary at `temperature` for each response position: [B, R, V]."""
-    logits = response_logits(model, prompt_ids, prompt_mask, response_ids)
-    if temperature > 0:
-        logits = logits / temperature
-    return torch.log_softmax(logits, dim=-1)
-
-
-def logprobs_from_logits(logits, response_ids, temperature: float, with_entropy: bool | str):
-    """(log-prob of each response token, entropy or None) from response-position logits [B, R, V].
-
-    with_entropy="grad" keeps the entropy in the graph (entropy bonus); True computes it as a detached metric."""
-    if temperature > 0:
-        logits = logits / temperature
-    lse = torch.logsumexp(logits, dim=-1)
-    logp = torch.gather(logits, 2, response_ids.unsqueeze(-1)).squeeze(-1) - lse
-    entropy = None
-    if with_entropy:
-        with torch.set_grad_enabled(with_entropy == "grad" and torch.is_grad_enabled()):
-            entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-    return logp, entropy
-
-
-def sequence_logprobs(model, prompt_ids, prompt_mask, response_ids, temperature: float, with_entropy: bool | str,
-                      shared_prefix: bool = True):
-    """log pi(response token | prefix) at `temperature` for each response position, and optionally the entropy
-    (see response_logits for the shared-prefix forward)."""
-    logits = response_logits(model, prompt_ids, prompt_mask, response_ids, shared_prefix)
-    return logprobs_from_logits(logits, response_ids, temperature, with_entropy)
-
-
-def _shared_prefix_logits(model, u_ids, u_mask, inverse, prompt_mask, response_ids):
-    """Logits for every response position, computing each distinct prompt once (see sequence_logprobs)."""
-    u_pos = (u_mask.cumsum(1) - 1).clamp(min=0)
-    out = model(input_ids=u_ids, attention_mask=u_mask, position_ids=u_pos, use_cache=True, logits_to_keep=1)
-    first = out.logits[:, -1][inverse].unsqueeze(1)  # predicts response token 0
-    if response_ids.shape[1] == 1:
-        return first
-    cache = out.past_key_values
-    cache.reorder_cache(inverse)  # index_select: differentiable fan-out of the prompt's keys/values to every row
-    steps = response_ids.shape[1] - 1
-    attention = torch.cat([prompt_mask, torch.ones_like(response_ids[:, :steps])], dim=1)
-    position_ids = prompt_mask.sum(1, keepdim=True) + torch.arange(steps, device=prompt_mask.device)
-    rest = model(input_ids=response_ids[:, :steps], attention_mask=attention, position_ids=position_ids,
-                 past_key_values=cache, use_cache=True).logits
-    return torch.cat([first, rest], dim=1)
-
-
-@torch.no_grad()
-def batched_logprobs(model, traj: Trajectories, micro_batch_size: int, temperature: float) -> torch.Tensor:
-    """Per-token log-probs of `traj`'s responses under `model`, micro-batched, on CPU, zero on padding."""
-    device = next(model.parameters()).device
-    chunks = []
-    for idx in torch.arange(len(traj)).split(micro_batch_size):
-        rows = (traj.prompt_ids[idx].to(device), traj.prompt_mask[idx].to(device), traj.response_ids[idx].to(device))
-        chunks.append(sequence_logprobs(model, *rows, temperature, False)[0].cpu())
-    return torch.cat(chunks) * traj.response_mask
 
 
 class Actor:
@@ -136,7 +58,8 @@ class Actor:
     @torch.no_grad()
     def logprobs(self, traj: Trajectories) -> torch.Tensor:
         """Per-token log-probs under the current weights (no grad), micro-batched: lp_old."""
-        return batched_logprobs(self.model, traj, self.cfg.actor.ppo_micro_batch_size, self.cfg.rollout.temperature)
+        return batched_logprobs(self.model, traj, self.cfg.actor.ppo_micro_batch_size, self.cfg.rollout.temperature,
+                                self.cfg.actor.logprobs_chunk_size)
 
     def needs_old_logprobs(self, num_rows: int) -> bool:
         """lp_old must be recomputed unless there is one mini-batch and one epoch (then lp_old = sg(lp))."""
@@ -201,10 +124,16 @@ class Actor:
         """Loss of one micro-batch, already scaled by the mini-batch normaliser: PG (+ KL) (- entropy bonus)."""
         act, alg, temp = self.cfg.actor, self.cfg.algorithm, self.cfg.rollout.temperature
         rows = self._rows(traj, micro)
-        logits = response_logits(self.model, *rows)
-        logp, entropy = logprobs_from_logits(logits, rows[2], temp, "grad" if act.entropy_coeff else True)
+        with_entropy = "grad" if act.entropy_coeff else True
+        dist = None
+        if teacher is not None and needs_distributions(self.cfg):  # these losses read whole distributions
+            logits = response_logits(self.model, *rows)
+            logp, entropy = logprobs_from_logits(logits, rows[2], temp, with_entropy)
+            dist = distill_terms(self.cfg, teacher, micro, logits, self.device())
+        else:  # chunked lm_head when actor.logprobs_chunk_size says so: no [B, R, V] logits
+            logp, entropy = sequence_logprobs(self.model, *rows, temp, with_entropy,
+                                              chunk_size=act.logprobs_chunk_size)
         old = logp.detach() if old is None else old
-        dist = distill_terms(self.cfg, teacher, micro, logits, self.device()) if teacher is not None else None
         if act.policy_loss in ("sdpo", "opd_topk"):  # the teacher's distribution replaces the policy gradient
             per_token, pg_metrics = distribution_loss(self.cfg, dist, logp, old, mask, is_weights)
         else:

@@ -32,11 +32,11 @@ def make_teacher(cfg: Config, model, tokenizer, reference, device: str):
 
     ds, micro, temp = cfg.distill, cfg.actor.ppo_micro_batch_size, cfg.rollout.temperature
     if ds.teacher == "ema":
-        return EMATeacher(model, micro, temp)
+        return EMATeacher(model, micro, temp, chunk_size=cfg.actor.logprobs_chunk_size)
     if ds.teacher == "reference":
         return reference
     return ExternalTeacher(ds.teacher_path, cfg.model.dtype, device, cfg.model.attn_implementation, micro, temp,
-                           tokenizer)
+                           tokenizer, chunk_size=cfg.actor.logprobs_chunk_size)
 
 
 def reprompt_config(cfg: Config) -> RepromptConfig:

@@ -19,9 +19,15 @@ class Distributions:
     mask: torch.Tensor  # [b] bool: the row has a teacher context
 
 
+def needs_distributions(cfg: Config) -> bool:
+    """Whether a teacher run needs the student's full [B, R, V] distribution (SDPO, top-k OPD, the OPD
+    diagnostics): then the actor computes full logits, never the chunked lm_head (train/logprobs.py)."""
+    return cfg.actor.policy_loss in ("sdpo", "opd_topk") or bool(cfg.distill.diagnostics_topk)
+
+
 def distill_terms(cfg: Config, teacher_batch, micro: torch.Tensor, logits: torch.Tensor, device) -> Distributions | None:
     """Full distributions for this micro-batch when a loss or the diagnostics need them (else None)."""
-    if cfg.actor.policy_loss not in ("sdpo", "opd_topk") and not cfg.distill.diagnostics_topk:
+    if not needs_distributions(cfg):
         return None
     temp = cfg.rollout.temperature
     student = torch.log_softmax(logits / temp if temp > 0 else logits, dim=-1)

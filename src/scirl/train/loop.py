@@ -108,7 +108,8 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
     if cfg.actor.use_kl_loss or cfg.algorithm.use_kl_in_reward or cfg.distill.teacher == "reference":
         # a frozen copy of the *initial* policy
         reference = FrozenReference(cfg.model.path, cfg.model.dtype, device, cfg.model.attn_implementation,
-                                    cfg.actor.ppo_micro_batch_size, cfg.rollout.temperature)
+                                    cfg.actor.ppo_micro_batch_size, cfg.rollout.temperature,
+                                    chunk_size=cfg.actor.logprobs_chunk_size)
     kc = cfg.algorithm.kl_ctrl
     kl_ctrl = make_kl_controller(kc.type, kc.kl_coef, kc.target_kl, kc.horizon) if cfg.algorithm.use_kl_in_reward else None
     teacher = make_teacher(cfg, model, tokenizer, reference, device)  # RLSD / SDPO / OPD

@@ -11,16 +11,18 @@ import torch
 
 from scirl.errors import ScirlError
 from scirl.rollout.base import Trajectories
-from scirl.train.actor import batched_logprobs, response_log_softmax
+from scirl.train.logprobs import batched_logprobs, response_log_softmax
 from scirl.train.model_loading import load_model_and_tokenizer
 
 
 class _Teacher:
-    """Scoring methods shared by every teacher: `self.model`, `self.micro_batch_size`, `self.temperature`."""
+    """Scoring methods shared by every teacher: `self.model`, `self.micro_batch_size`, `self.temperature`,
+    `self.chunk_size` (actor.logprobs_chunk_size: the chunked lm_head for per-token log-probs)."""
 
     model: torch.nn.Module
     micro_batch_size: int
     temperature: float
+    chunk_size: int = 0
 
     def _freeze(self) -> None:
         self.model.eval().requires_grad_(False)
@@ -33,7 +35,7 @@ class _Teacher:
     @torch.no_grad()
     def logprobs(self, traj: Trajectories) -> torch.Tensor:
         """Per-token log-probs [B, R] of traj's responses under the teacher: micro-batched, on CPU, 0 on padding."""
-        return batched_logprobs(self.model, traj, self.micro_batch_size, self.temperature)
+        return batched_logprobs(self.model, traj, self.micro_batch_size, self.temperature, self.chunk_size)
 
     @torch.no_grad()
     def log_softmax(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
@@ -48,11 +50,13 @@ class _Teacher:
 class FrozenReference(_Teacher):
     """The initial policy, frozen: per-token log-probs of given (prompt, response) pairs."""
 
-    def __init__(self, path: str, dtype: str, device: str, attn: str, micro_batch_size: int, temperature: float):
+    def __init__(self, path: str, dtype: str, device: str, attn: str, micro_batch_size: int, temperature: float,
+                 chunk_size: int = 0):
         self.model, _ = load_model_and_tokenizer(path, dtype, device, attn)
         self.model.eval().requires_grad_(False)
         self.micro_batch_size = micro_batch_size
         self.temperature = temperature
+        self.chunk_size = chunk_size
 
 
 class EMATeacher(_Teacher):
@@ -63,11 +67,14 @@ class EMATeacher(_Teacher):
     inv_freq and the like: constants of the architecture) are copied from the student on each update, not averaged.
     """
 
-    def __init__(self, student_model: torch.nn.Module, micro_batch_size: int = 8, temperature: float = 1.0):
+    def __init__(self, student_model: torch.nn.Module, micro_batch_size: int = 8, temperature: float = 1.0,
+                 chunk_size: int = 0):
         self.model = copy.deepcopy(student_model)
         self._freeze()
         self.micro_batch_size = micro_batch_size
         self.temperature = temperature
+        self.chunk_size = chunk_size
+        self.chunk_size = chunk_size
 
     @torch.no_grad()
     def update(self, student_model: torch.nn.Module, rate: float) -> None:
@@ -113,7 +120,7 @@ class ExternalTeacher(_Teacher):
     """Another (frozen) model sharing the student's tokenizer: the teacher of on-policy distillation."""
 
     def __init__(self, path: str, dtype: str, device: str, attn: str, micro_batch_size: int, temperature: float,
-                 student_tokenizer):
+                 student_tokenizer, chunk_size: int = 0):
         try:
             self.model, self.tokenizer = load_model_and_tokenizer(path, dtype, device, attn)
         except ScirlError as e:  # its messages name model.path; this path is distill.teacher_path
@@ -125,3 +132,4 @@ class ExternalTeacher(_Teacher):
         self._freeze()
         self.micro_batch_size = micro_batch_size
         self.temperature = temperature
+        self.chunk_size = chunk_size
