@@ -12,7 +12,9 @@ import torch
 from transformers.utils import logging as transformers_logging
 
 from scirl.algos import make_kl_controller
-from scirl.ckpt.checkpoint import model_dir, prune_checkpoints, save_checkpoint, set_rng_state, step_of
+from scirl.ckpt.checkpoint import prune_checkpoints, save_checkpoint, step_of
+from scirl.ckpt.resume import init_weights_path, restore_modules
+from scirl.ckpt.rng import restore_rng
 from scirl.config import Config, save_config, to_dict
 from scirl.data.pipeline import describe, load_prompt_set, make_sampler, require_rewards, tokenize_prompt_set
 from scirl.eval.runner import evaluate, write_eval
@@ -59,8 +61,14 @@ def run_training(cfg: Config) -> dict:
         return _train(cfg, start, stop)
 
 
-def _restore(state: dict, cfg: Config, actor, sampler, kl_ctrl, teacher) -> None:
-    actor.optimizer.load_state_dict(state["optimizer"])
+def _saved_modules(cfg: Config, teacher) -> dict:
+    """Modules checkpointed beside the policy in dcp/, by name."""
+    return {"ema_teacher": teacher.model} if cfg.distill.teacher == "ema" else {}
+
+
+def _restore(start: RunStart, cfg: Config, actor, sampler, kl_ctrl, teacher) -> None:
+    state = start.state
+    restore_modules(start.ckpt, state, actor.model, actor.optimizer, _saved_modules(cfg, teacher))
     actor.scheduler.load_state_dict(state["scheduler"])
     act, sched = cfg.actor, actor.scheduler  # the optimizer state carries the old hyperparameters: apply the config's
     sched.base_lrs = [act.lr for _ in sched.base_lrs]
@@ -71,9 +79,9 @@ def _restore(state: dict, cfg: Config, actor, sampler, kl_ctrl, teacher) -> None
     sampler.load_state_dict(state["sampler"])
     if kl_ctrl is not None and state.get("kl_ctrl"):
         kl_ctrl.load_state_dict(state["kl_ctrl"])
-    if cfg.distill.teacher == "ema":
-        teacher.load_state_dict(state["ema_teacher"])
-    set_rng_state(state["rng"])
+    note = restore_rng(state["rng"], 0, 1, cfg.trainer.seed, start.step)
+    if note:
+        _note(note)
 
 
 def _read_eval(path) -> dict | None:
@@ -92,7 +100,7 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     seed_everything(t.seed)
-    init_path = str(model_dir(start.ckpt)) if start.ckpt else cfg.model.path
+    init_path = init_weights_path(start.ckpt, cfg.model.path)
     resolve_model_path(init_path)  # fail fast on a bad model.path
     train_ps, val_ps = load_prompt_set(d, "train"), load_prompt_set(d, "val")
     require_rewards(train_ps.samples, cfg.reward.name, "data.train")
@@ -116,7 +124,7 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
     engine = HFRolloutEngine(model, tokenizer)
     sampler = make_sampler(train_ps, d.train_batch_size, d.seed, d.shuffle)
     if start.state:
-        _restore(start.state, cfg, actor, sampler, kl_ctrl, teacher)
+        _restore(start, cfg, actor, sampler, kl_ctrl, teacher)
         _note(f"resumed from {start.ckpt} (step {start.step})")
     save_config(cfg, run_dir / "config.yaml")
 
@@ -132,11 +140,10 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
 
     def checkpoint(step: int):
         path = save_checkpoint(run_dir, step, model, tokenizer, {
-            "optimizer": actor.optimizer.state_dict(), "scheduler": actor.scheduler.state_dict(),
-            "sampler": sampler.state_dict(), "skipped_updates": actor.skipped_updates,
+            "scheduler": actor.scheduler.state_dict(), "sampler": sampler.state_dict(),
+            "skipped_updates": actor.skipped_updates, "config": config_dict,
             "kl_ctrl": kl_ctrl.state_dict() if kl_ctrl is not None else None,
-            "ema_teacher": teacher.state_dict() if cfg.distill.teacher == "ema" else None, "config": config_dict,
-        })
+        }, optimizer=actor.optimizer, modules=_saved_modules(cfg, teacher), save_hf=t.save_hf)
         prune_checkpoints(run_dir, t.keep_last)
         return path
 
