@@ -18,10 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from safetensors.torch import load_file
+
 from scirl import procs
 from scirl.cli import main as scirl_main
 
-DEADLINE = 120.0
+REWARD = Path(__file__).parent / "helpers" / "blocking_reward.py"
+
+DEADLINE = 180.0  # generous: a loaded 2-core machine
+FAULT = "actor:before_clip"  # a point every rank reaches mid-step (gradients reduced, optimizer step not taken)
 
 
 def env_with(**extra) -> dict:
@@ -31,6 +36,26 @@ def env_with(**extra) -> dict:
         env.pop(k, None)
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+def train_args(out: Path, name: str, **extra) -> list[str]:
+    """A 2-rank run of the tiny recipe: 1 step of 4 prompts x 4 samples (2 prompts per rank), 40 new tokens."""
+    base = {"trainer.output_dir": out, "trainer.run_name": name, "trainer.total_steps": 1, "trainer.save_freq": 0,
+            "trainer.test_freq": 0, "trainer.progress": "false", "trainer.save_hf": "true", "trainer.nproc_per_node": 2,
+            "data.train_size": 64, "data.val_size": 8, "data.train_batch_size": 4, "actor.ppo_mini_batch_size": 4,
+            "actor.ppo_micro_batch_size": 8, "rollout.n": 4, "rollout.val_n": 4, "rollout.max_new_tokens": 40,
+            "reward.workers": 1, "actor.lr": 1e-3}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def train(args: list[str], env: dict, **popen) -> subprocess.Popen:
+    return procs.popen([sys.executable, "-m", "scirl", "train", *args], env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True, **popen)
+
+
+def final_weights(run: Path) -> dict:
+    return load_file(run / "checkpoints" / "step_1" / "model" / "model.safetensors")
 
 
 def selftest(launcher: str, *overrides: str, env: dict, **popen) -> subprocess.Popen:
@@ -104,12 +129,37 @@ def test_a_rank_started_by_torchrun_trains_itself(monkeypatch):
     assert launch_if_needed(load_config(None, []), []) is None  # one process: no launcher at all
 
 
-def test_torchrun_rank_failure_ends_the_run_with_its_error_and_code():
-    start = time.monotonic()
-    code, out, err = finish(selftest("torchrun", env=env_with(SCIRL_SELFTEST_FAIL_RANK=1, SCIRL_SELFTEST_SLEEP=60)))
-    assert code == 3, err  # the failing rank's own exit code, not torchrun's 1
-    assert err.strip().splitlines()[-1] == "scirl: rank 1 failed (exit code 3): selftest failure injected on rank 1"
-    assert time.monotonic() - start < 50  # rank 0 (asleep for 60 s) was stopped, not waited for
+def test_torchrun_exit_status_is_the_first_failing_ranks_code_and_error():
+    """What the torchrun launcher makes of the ranks' reports (torchrun itself exits 1 on any failure)."""
+    from scirl.launch.torchrun import LaunchFailed, run_status
+
+    ok, stop = {"code": 0, "error": "", "time": 5.0}, {"code": 143, "error": "stopped by SIGTERM", "time": 6.0}
+    bad = {"code": 2, "error": "data.train: no such file", "time": 3.0}
+    gloo = {"code": 1, "error": "RuntimeError: Connection closed by peer", "time": 4.0}
+    assert run_status(0, {0: ok, 1: ok}, 2, None) == 0
+    assert run_status(1, {0: ok, 1: ok}, 2, signal.SIGTERM) == 143  # a stop we forwarded
+    assert run_status(0, {0: stop, 1: stop}, 2, None) == 143  # a stop sent to the ranks directly
+    with pytest.raises(LaunchFailed) as e:  # the first rank to fail, its code and its line; the others follow it
+        run_status(1, {0: gloo, 1: bad}, 2, None)
+    assert (str(e.value), e.value.exit_code) == ("rank 1 failed (exit code 2): data.train: no such file", 2)
+    with pytest.raises(LaunchFailed) as e:  # killed: no report; torchrun's summary names the signal
+        run_status(1, {0: stop}, 2, None)
+    assert e.value.exit_code == 137 and str(e.value).startswith("rank 1 died without a report")
+
+
+def test_ray_rank_env_vars_give_each_rank_its_own_gpu_as_cuda_local_rank():
+    from scirl.launch.ray_launcher import rank_envs
+
+    where = [("10.0.0.1", ["3"], 11), ("10.0.0.1", ["1"], 12), ("10.0.0.2", ["0"], 13), ("10.0.0.2", ["5"], 14)]
+    envs = rank_envs(where, ("10.0.0.1", 29400), 4, {"SCIRL_X": "y"})
+    assert [(e["RANK"], e["LOCAL_RANK"], e["GROUP_RANK"], e["CUDA_VISIBLE_DEVICES"]) for e in envs] == [
+        ("0", "0", "0", "3,1"), ("1", "1", "0", "3,1"), ("2", "0", "1", "0,5"), ("3", "1", "1", "0,5")]
+    assert all(e["WORLD_SIZE"] == "4" and e["LOCAL_WORLD_SIZE"] == "2" and e["MASTER_ADDR"] == "10.0.0.1"
+               and e["MASTER_PORT"] == "29400" and e["OMP_NUM_THREADS"] == "4" and e["SCIRL_X"] == "y" for e in envs)
+    two = rank_envs([("h", ["0", "1"], 1), ("h", ["2", "3"], 2)], ("h", 1), 1, {})  # 2 GPUs per rank
+    assert two[1]["CUDA_VISIBLE_DEVICES"] == "0,2,1,3"  # cuda:1 is rank 1's first GPU
+    cpu = rank_envs([("h", [], 1), ("h", [], 2)], ("h", 1), 1, {})
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in cpu] == ["", ""]  # CPU ranks see no GPU even where CUDA is
 
 
 def test_torchrun_ranks_join_one_group_and_sigterm_reaches_every_rank_once():
@@ -124,21 +174,6 @@ def test_torchrun_ranks_join_one_group_and_sigterm_reaches_every_rank_once():
     assert code == 128 + signal.SIGTERM, err
     assert "selftest rank 0 stopped by SIGTERM" in out and "selftest rank 1 stopped by SIGTERM" in out
     assert "scirl: SIGTERM received: every rank stops after this step" in err and "second" not in err
-
-
-def test_kill_9_of_the_torchrun_launcher_leaves_no_process_and_the_tee_ends(tmp_path):
-    proc = selftest("torchrun", env=env_with(SCIRL_SELFTEST_SLEEP=90), start_new_session=True)
-    tee = subprocess.Popen(["tee", str(tmp_path / "log")], stdin=proc.stdout, stdout=subprocess.DEVNULL)
-    proc.stdout.close()
-    wait_for(lambda: len(rank_lines((tmp_path / "log").read_text() if (tmp_path / "log").exists() else "")) == 2,
-             "both ranks")
-    family = descendants(proc.pid)
-    assert len(family) >= 3  # torchrun's agent and its 2 ranks
-    proc.kill()
-    proc.wait(timeout=DEADLINE)
-    wait_for(lambda: not any(alive(p) for p in family), "torchrun and the ranks to die with the launcher", 10)
-    assert tee.wait(timeout=10) == 0
-    proc.stderr.close()
 
 
 # ---------------------------------------------------------------------------------------------------- bad input
@@ -165,6 +200,11 @@ def test_torchrun_on_several_machines_says_what_to_run(capsys):
     assert "-m scirl train trainer.nnodes=2 trainer.nproc_per_node=8`, or use trainer.launcher=ray" in err
 
 
+def test_a_fraction_of_a_gpu_per_ray_rank_is_refused(capsys):
+    err = one_line_error(capsys, ["train", "trainer.launcher=ray", "ray.num_gpus_per_worker=0.5"])
+    assert err.startswith("scirl: error: ray.num_gpus_per_worker=0.5: each rank needs whole GPUs of its own")
+
+
 def test_ray_not_importable_is_one_line_naming_the_key(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where ray is not installed
     err = one_line_error(capsys, ["train", "trainer.launcher=ray", "trainer.nproc_per_node=2"])
@@ -186,6 +226,22 @@ def test_ray_address_not_reachable_is_one_line_in_seconds(capsys, monkeypatch, t
 
 
 # ---------------------------------------------------------------------------------------------------- Ray
+
+
+def test_kill_9_of_scirl_train_on_two_ranks_leaves_no_process_and_the_tee_ends(tmp_path):
+    env = env_with(SCIRL_TEST_COUNTER=tmp_path / "calls", SCIRL_TEST_BLOCK_AT=1, SCIRL_TEST_MARKER=tmp_path / "blocked",
+                   SCIRL_TEST_RELEASE=tmp_path / "release")
+    launcher = train(train_args(tmp_path, "k", **{"reward.name": f"{REWARD}:score"}), env, start_new_session=True)
+    tee = subprocess.Popen(["tee", str(tmp_path / "log")], stdin=launcher.stdout, stdout=subprocess.DEVNULL)
+    launcher.stdout.close()
+    wait_for(lambda: (tmp_path / "blocked").exists(), "a rank's first reward call")
+    family = descendants(launcher.pid)
+    assert len(family) >= 5  # torchrun's agent, 2 ranks, a reward worker each
+    launcher.kill()
+    launcher.wait(timeout=DEADLINE)
+    wait_for(lambda: not any(alive(p) for p in family), "torchrun, the ranks and their workers to die", 10)
+    assert tee.wait(timeout=10) == 0  # nothing holds the pipe: `scirl train ... | tee log` returns
+    launcher.stderr.close()
 
 
 def test_ray_local_instance_runs_the_ranks_forwards_sigterm_and_leaves_nothing_behind(tmp_path):
@@ -238,13 +294,37 @@ def ray_cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_ray_rank_failure_kills_the_others_and_exits_with_its_error(ray_cluster):
+
+
+@pytest.fixture(scope="module")
+def torchrun_run(tmp_path_factory):
+    """`scirl train ... trainer.nproc_per_node=2`: scirl starts torchrun, 2 gloo ranks, 1 step."""
+    out = tmp_path_factory.mktemp("torchrun")
+    code, _, err = finish(train(train_args(out, "t"), env_with()))
+    assert code == 0, err
+    return out / "t"
+
+
+def test_two_ranks_under_ray_train_the_weights_of_two_ranks_under_torchrun(torchrun_run, ray_cluster, tmp_path):
+    address, auth = ray_cluster
+    code, out, err = finish(train(train_args(tmp_path, "r", **{"trainer.launcher": "ray", "ray.address": address}),
+                                  env_with(**auth)))
+    assert code == 0, err
+    assert "(rank 0 pid=" in out  # rank 0's console comes through Ray's log stream
+    ray_w, torchrun_w = final_weights(tmp_path / "r"), final_weights(torchrun_run)
+    assert ray_w.keys() == torchrun_w.keys()
+    assert max((ray_w[k] - torchrun_w[k]).abs().max().item() for k in ray_w) <= 1e-6
+    initial = load_file(Path(__file__).parent.parent / "src/scirl/assets/tiny-qwen3/model.safetensors")
+    assert any(not (ray_w[k] == initial[k]).all() for k in initial)  # the step did train
+
+
+def test_a_ray_rank_dying_mid_step_ends_the_run_with_its_error_and_no_hang(ray_cluster, tmp_path):
     address, auth = ray_cluster
     start = time.monotonic()
-    code, out, err = finish(selftest("ray", f"ray.address={address}",
-                                     env=env_with(SCIRL_SELFTEST_FAIL_RANK=1, SCIRL_SELFTEST_SLEEP=90, **auth)))
-    assert code == 3, err
-    assert err.strip().splitlines()[-1] == "scirl: rank 1 failed (exit code 3): selftest failure injected on rank 1"
-    assert time.monotonic() - start < 60  # rank 0 (asleep for 90 s) was killed, not waited for
-    pids = [int(line.rsplit(" ", 1)[1]) for line in rank_lines(out).values()]
-    assert pids and not any(alive(p) for p in pids)
+    code, out, err = finish(train(train_args(tmp_path, "f", **{"trainer.launcher": "ray", "ray.address": address}),
+                                  env_with(SCIRL_FAULT=FAULT, SCIRL_FAULT_RANK=1, **auth)))
+    assert code == 128 + signal.SIGKILL, err
+    assert err.strip().splitlines()[-1] == ("scirl: rank 1 failed (killed by SIGKILL): no error report; its output "
+                                            "is above")
+    assert time.monotonic() - start < DEADLINE
+    assert not (tmp_path / "f" / "checkpoints" / "step_1").exists()

@@ -53,14 +53,14 @@ POLL_S = 0.2
 class RankProcess:
     """The Ray actor of one rank: it reports where it runs, then starts and watches the rank's process."""
 
-    def __init__(self) -> None:
+    def __init__(self, rank: int) -> None:
         self.proc: Any = None
         self.ended_at: float | None = None
         self.report_dir = tempfile.mkdtemp(prefix="scirl-rank-")
-        self.rank = -1
+        self.rank = rank
 
     def __repr__(self) -> str:  # Ray prefixes each line of the rank's output with it: "(rank 0 pid=...)"
-        return f"rank {self.rank}" if self.rank >= 0 else "rank"
+        return f"rank {self.rank}"
 
     def where(self) -> tuple[str, list[str], int]:
         import ray
@@ -73,7 +73,6 @@ class RankProcess:
             return s.getsockname()[1]
 
     def start(self, argv: list[str], env: dict[str, str], cwd: str) -> int:
-        self.rank = int(env["RANK"])
         full = {**os.environ, **env, LAUNCHER_PID: str(os.getpid()), REPORT_DIR: self.report_dir}
         # the driver's folder, so that relative paths in the command (recipe, trainer.output_dir) mean the same
         self.proc = procs.popen([sys.executable, *argv], env=full, cwd=cwd if os.path.isdir(cwd) else None)
@@ -238,9 +237,11 @@ def rank_envs(where: list[tuple[str, list[str], int]], master: tuple[str, int], 
         env = {**extra, "WORLD_SIZE": str(len(where)), "RANK": str(rank), "LOCAL_RANK": str(local.index(rank)),
                "LOCAL_WORLD_SIZE": str(len(local)), "GROUP_RANK": str(node_rank[ip]), "NODE_RANK": str(node_rank[ip]),
                "MASTER_ADDR": master[0], "MASTER_PORT": str(master[1]), "OMP_NUM_THREADS": str(threads)}
-        node_gpus = [g for r in local for g in where[r][1]]
-        # the node's GPUs in local-rank order: LOCAL_RANK indexes this rank's own; none: CPU (even where CUDA is)
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(dict.fromkeys(node_gpus)) if gpu_ids else ""
+        # the node's GPUs with each rank's first in local-rank order (cuda:LOCAL_RANK is this rank's own GPU; NCCL
+        # sees its peers), then any further GPUs of its ranks; a rank without a GPU sees none (CPU, gloo)
+        firsts = [where[r][1][0] for r in local if where[r][1]]
+        rest = [g for r in local for g in where[r][1][1:]]
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(dict.fromkeys(firsts + rest)) if gpu_ids else ""
         envs.append(env)
     return envs
 
@@ -249,17 +250,22 @@ def launch_ray(cfg: Config, worker_argv: list[str]) -> int:
     """Run `worker_argv` (["-m", "scirl", "train", ...]) on nnodes x nproc_per_node Ray actors; return the run's
     exit status (raises LaunchFailed with the failing rank's error, ScirlError on a bad ray.* setting)."""
     t, rc = cfg.trainer, cfg.ray
+    if rc.num_gpus_per_worker is not None and rc.num_gpus_per_worker != int(rc.num_gpus_per_worker):
+        raise ScirlError(f"ray.num_gpus_per_worker={rc.num_gpus_per_worker}: each rank needs whole GPUs of its own "
+                         "(NCCL does not share a GPU between ranks); use 1, or 0 for CPU ranks")
     with ray_session(cfg) as ray:
         gpus = rc.num_gpus_per_worker
         if gpus is None:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         slots = _place(ray, cfg, gpus)
         remote = ray.remote(RankProcess)
         actors = [remote.options(num_cpus=rc.num_cpus_per_worker, num_gpus=gpus, max_restarts=0,
                                  scheduling_strategy=PlacementGroupSchedulingStrategy(
-                                     placement_group=g, placement_group_bundle_index=i)).remote() for g, i in slots]
+                                     placement_group=g, placement_group_bundle_index=i)).remote(rank)
+                  for rank, (g, i) in enumerate(slots)]
         try:
             try:
                 where = ray.get([a.where.remote() for a in actors])
