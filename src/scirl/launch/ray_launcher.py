@@ -17,8 +17,11 @@ scirl.launch.rank_report) makes the driver kill the others and exit with that ra
 Ctrl-C to the driver are forwarded to every rank (each checkpoints at its next step boundary); a second one kills
 them. With ray.address null the driver starts a local Ray instance (ray.init) in a temp folder of its own under
 RAY_TMPDIR (default /tmp) with an in-memory auth token (RAY_AUTH_TOKEN, never ~/.ray/auth_token), and removes the
-folder after ray.shutdown(). SCIRL_* env vars of the driver are passed to every rank, and each rank runs in the
-driver's working folder where its node has it (relative paths in the command mean the same everywhere).
+folder after ray.shutdown() (scirl.launch.ray_reaper ends the instance and removes the folder even after kill -9
+of the driver). SCIRL_* env vars of the driver are passed to every rank, and each rank runs in the driver's
+working folder where its node has it (relative paths in the command mean the same everywhere). Each rank's
+stdout / stderr come back through its actor (not Ray's log streaming, which can lag a minute on a loaded machine):
+rank 0's lines as they are, the others' prefixed with "[rank N] ".
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import secrets
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -41,6 +45,7 @@ from scirl import procs
 from scirl.config import Config
 from scirl.errors import ScirlError
 from scirl.launch import LAUNCHER_PID, threads_per_rank
+from scirl.launch.ray_reaper import MARKER_VAR, start_reaper, stop_reaper
 from scirl.launch.rank_report import REPORT_DIR, describe_exit, read_report
 from scirl.launch.signals import ForwardSignals
 from scirl.launch.torchrun import LaunchFailed
@@ -51,15 +56,19 @@ POLL_S = 0.2
 
 
 class RankProcess:
-    """The Ray actor of one rank: it reports where it runs, then starts and watches the rank's process."""
+    """The Ray actor of one rank: it reports where it runs, then starts and watches the rank's process and hands
+    its output lines to the driver (each poll), so that they arrive in order and all of them before the driver
+    ends, whatever Ray's log streaming does on a loaded machine."""
 
     def __init__(self, rank: int) -> None:
         self.proc: Any = None
         self.ended_at: float | None = None
         self.report_dir = tempfile.mkdtemp(prefix="scirl-rank-")
         self.rank = rank
+        self.lines: list[tuple[int, str]] = []  # (1 stdout | 2 stderr, line) not yet handed to the driver
+        self.lock = threading.Lock()
 
-    def __repr__(self) -> str:  # Ray prefixes each line of the rank's output with it: "(rank 0 pid=...)"
+    def __repr__(self) -> str:
         return f"rank {self.rank}"
 
     def where(self) -> tuple[str, list[str], int]:
@@ -73,23 +82,40 @@ class RankProcess:
             return s.getsockname()[1]
 
     def start(self, argv: list[str], env: dict[str, str], cwd: str) -> int:
-        full = {**os.environ, **env, LAUNCHER_PID: str(os.getpid()), REPORT_DIR: self.report_dir}
+        full = {**os.environ, **env, LAUNCHER_PID: str(os.getpid()), REPORT_DIR: self.report_dir,
+                "PYTHONUNBUFFERED": "1"}
         # the driver's folder, so that relative paths in the command (recipe, trainer.output_dir) mean the same
-        self.proc = procs.popen([sys.executable, *argv], env=full, cwd=cwd if os.path.isdir(cwd) else None)
-        threading.Thread(target=self._wait, daemon=True).start()
+        self.proc = procs.popen([sys.executable, *argv], env=full, cwd=cwd if os.path.isdir(cwd) else None,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # dies with this actor's process
+        readers = [threading.Thread(target=self._read, args=(stream, fd), daemon=True)
+                   for fd, stream in ((1, self.proc.stdout), (2, self.proc.stderr))]
+        for r in readers:
+            r.start()
+        threading.Thread(target=self._wait, args=(readers,), daemon=True).start()
         return self.proc.pid
 
-    def _wait(self) -> None:
+    def _read(self, stream: Any, fd: int) -> None:
+        for raw in iter(stream.readline, b""):
+            with self.lock:
+                self.lines.append((fd, raw.decode("utf-8", "replace")))
+        stream.close()
+
+    def _wait(self, readers: list[threading.Thread]) -> None:
         self.proc.wait()
+        for r in readers:  # the rest of its output (a straggling child holding the pipe gets 5 s)
+            r.join(timeout=5)
         self.ended_at = time.time()
 
-    def poll(self) -> tuple[int, dict | None, float] | None:
-        """None while the rank runs; else (exit status, its report or None, when it ended)."""
-        if self.ended_at is None:
-            return None
+    def poll(self) -> tuple[tuple[int, dict | None, float] | None, list[tuple[int, str]]]:
+        """(None while the rank runs, else (exit status, its report or None, when it ended)), new output lines."""
+        ended = self.ended_at
+        with self.lock:
+            lines, self.lines = self.lines, []
+        if ended is None:
+            return None, lines
         report = read_report(self.report_dir, self.rank)
-        shutil.rmtree(self.report_dir, ignore_errors=True) if report is not None else None
-        return self.proc.returncode, report, self.ended_at
+        shutil.rmtree(self.report_dir, ignore_errors=True)  # the driver polls an ended rank once
+        return (self.proc.returncode, report, ended), lines
 
     def send(self, signum: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -161,40 +187,47 @@ def _env(values: dict[str, str]) -> Iterator[None]:
 def ray_session(cfg: Config) -> Iterator[Any]:
     """Connect to ray.address, or start a local instance that leaves nothing behind; yield the ray module."""
     rc, world = cfg.ray, cfg.trainer.nnodes * cfg.trainer.nproc_per_node
-    env = {"RAY_DEDUP_LOGS": "0"}  # every rank's lines, not "[repeated 2x across cluster]"
-    if not sys.stdout.isatty():
-        env["RAY_COLOR_PREFIX"] = "0"  # no escape codes in a log file
-    if rc.address is not None:
+    env = {"RAY_DEDUP_LOGS": "0"}  # Ray's own worker messages in full (the ranks' output comes through poll)
+    with _env(env):  # set before Ray is imported: it reads it then
         ray = _import_ray()
-        _check_reachable(rc.address)
-        with _env(env):
+        if rc.address is not None:
+            _check_reachable(rc.address)
             try:
-                ray.init(address=rc.address, logging_level=logging.WARNING, log_to_driver=True)
+                ray.init(address=rc.address, logging_level=logging.WARNING, log_to_driver=False)
             except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, AuthenticationError...
                 raise ScirlError(f"ray.address={rc.address}: cannot connect ({str(e).splitlines()[0]})") from None
             try:
                 yield ray
             finally:
                 ray.shutdown()
-        return
+            return
+        with _local_instance(ray, rc, world):
+            yield ray
+
+
+@contextlib.contextmanager
+def _local_instance(ray: Any, rc: Any, world: int) -> Iterator[None]:
     temp = tempfile.mkdtemp(prefix="scirl-ray-", dir=os.environ.get("RAY_TMPDIR") or "/tmp")
+    marker = secrets.token_hex(8)
+    env = {MARKER_VAR: marker}  # every process of the instance inherits it: the reaper finds them after a kill -9
     if not any(k in os.environ for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
         # token auth as Ray's default, with the token in the environment (inherited by the instance's processes)
         # instead of a file Ray would write to ~/.ray/auth_token and leave there
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    reaper = start_reaper(marker, temp)
     try:
         with _env(env):
-            ray = _import_ray()
             _reload_auth_settings()
             ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(world * rc.num_cpus_per_worker)),
                      object_store_memory=rc.object_store_memory, _temp_dir=temp, include_dashboard=False,
-                     logging_level=logging.WARNING, log_to_driver=True)
+                     logging_level=logging.WARNING, log_to_driver=False)
             try:
-                yield ray
+                yield
             finally:
                 ray.shutdown()
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+        stop_reaper(reaper)
 
 
 def _reload_auth_settings() -> None:
@@ -303,10 +336,11 @@ def _watch(ray: Any, actors: list[Any], where: list[tuple[str, list[str], int]])
                 if rank in done:
                     continue
                 try:
-                    status = ray.get(actor.poll.remote())
+                    status, lines = ray.get(actor.poll.remote())
                 except Exception as e:  # noqa: BLE001 - RayActorError: the actor (its node, its process) died
-                    status = (-signal.SIGKILL, {"code": 1, "error": f"its Ray actor died on {where[rank][0]} "
-                                                f"({type(e).__name__})"}, time.time())
+                    status, lines = (-signal.SIGKILL, {"code": 1, "error": f"its Ray actor died on {where[rank][0]} "
+                                                       f"({type(e).__name__})"}, time.time()), []
+                _echo(rank, lines)
                 if status is not None:
                     done[rank] = status
             failed = {r: s for r, s in done.items() if _status(s)[1] and forward.signum is None}
@@ -321,6 +355,17 @@ def _watch(ray: Any, actors: list[Any], where: list[tuple[str, list[str], int]])
     if forward.signum is not None:
         return 128 + forward.signum
     return max((_status(s)[0] for s in done.values()), default=0)  # every rank ended well, or stopped by a signal
+
+
+def _echo(rank: int, lines: list[tuple[int, str]]) -> None:
+    """A rank's output on the driver's stdout / stderr: rank 0's as it is, the others' prefixed with their rank."""
+    prefix = "" if rank == 0 else f"[rank {rank}] "
+    for fd, line in lines:
+        stream = sys.stdout if fd == 1 else sys.stderr
+        stream.write(prefix + line)
+    if lines:
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 def _status(status: tuple[int, dict | None, float]) -> tuple[int, bool]:
