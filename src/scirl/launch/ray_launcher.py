@@ -307,7 +307,8 @@ def launch_ray(cfg: Config, worker_argv: list[str]) -> int:
                 raise LaunchFailed(f"the ranks' Ray actors could not start ({last}); is this scirl installed on every "
                                    "node of the cluster?", 1) from None
             master = (where[0][0], ray.get(actors[0].free_port.remote()))
-            extra = {k: v for k, v in os.environ.items() if k.startswith("SCIRL_") and k not in (LAUNCHER_PID, REPORT_DIR)}
+            extra = {k: v for k, v in os.environ.items()
+                     if k.startswith("SCIRL_") and k not in (LAUNCHER_PID, REPORT_DIR)}
             envs = rank_envs(where, master, threads_per_rank(cfg, rc.num_cpus_per_worker), extra)
             ray.get([a.start.remote(worker_argv, env, os.getcwd()) for a, env in zip(actors, envs)])
             return _watch(ray, actors, where)
@@ -320,7 +321,8 @@ def launch_ray(cfg: Config, worker_argv: list[str]) -> int:
 def _watch(ray: Any, actors: list[Any], where: list[tuple[str, list[str], int]]) -> int:
     """Wait for every rank; forward signals; on the first failure kill the rest and raise its error."""
     pending: list[tuple[str, int]] = []
-    forward = ForwardSignals(forward=lambda s: pending.append(("send", s)), kill_now=lambda s: pending.append(("kill", s)))
+    forward = ForwardSignals(forward=lambda s: pending.append(("send", s)),
+                             kill_now=lambda s: pending.append(("kill", s)))
     done: dict[int, tuple[int, dict | None, float]] = {}
     with forward:
         while len(done) < len(actors):
@@ -332,11 +334,10 @@ def _watch(ray: Any, actors: list[Any], where: list[tuple[str, list[str], int]])
                 else:
                     _kill(ray, live)
                     return 128 + signum
-            for rank, actor in enumerate(actors):
-                if rank in done:
-                    continue
+            polls = {rank: actor.poll.remote() for rank, actor in enumerate(actors) if rank not in done}
+            for rank, ref in polls.items():
                 try:
-                    status, lines = ray.get(actor.poll.remote())
+                    status, lines = ray.get(ref)
                 except Exception as e:  # noqa: BLE001 - RayActorError: the actor (its node, its process) died
                     status, lines = (-signal.SIGKILL, {"code": 1, "error": f"its Ray actor died on {where[rank][0]} "
                                                        f"({type(e).__name__})"}, time.time()), []

@@ -2,11 +2,12 @@
 
 Ray ends its GCS and raylet with the driver that started them, but its dashboard and runtime-env agents outlive a
 driver killed with SIGKILL (they keep waiting on the dead GCS), and the instance's temp folder stays. Nothing runs
-in a process after SIGKILL, so a small watcher does the cleanup: `python -m scirl.launch.ray_reaper MARKER FOLDER DRIVER_PID`
-blocks on a pipe whose other end only the driver holds; at EOF (the driver closed it or died) it kills every
-process whose environment carries SCIRL_RAY_INSTANCE=MARKER (the instance's processes and the ranks inherit it
-from the driver) or that holds a file under FOLDER open, then removes FOLDER. It ignores SIGINT / SIGTERM and lives in a session of its own, so a signal to
-the driver's process group does not end it before the driver."""
+in a process after SIGKILL, so a small watcher does the cleanup:
+`python -m scirl.launch.ray_reaper MARKER FOLDER DRIVER_PID` blocks on a pipe whose other end only the driver
+holds; at EOF (the driver closed it or died) it kills every process whose environment carries
+SCIRL_RAY_INSTANCE=MARKER (the instance's processes and the ranks inherit it from the driver) or that holds a file
+under FOLDER open, then removes FOLDER. It ignores SIGINT / SIGTERM and lives in a session of its own, so a signal
+to the driver's process group does not end it before the driver."""
 
 from __future__ import annotations
 
