@@ -200,6 +200,12 @@ def _mixed_world_sizes(d: Path) -> str:
     return "model_world_size_4_rank_0.pt: world size 4, but fsdp_config.json says 2"
 
 
+def _truncated_rank_file(d: Path) -> str:
+    f = d / "model_world_size_2_rank_1.pt"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    return "model_world_size_2_rank_1.pt: cannot be read"
+
+
 def _unknown_model_type(d: Path) -> str:
     cfg = json.loads((d / "huggingface" / "config.json").read_text())
     (d / "huggingface" / "config.json").write_text(json.dumps({**cfg, "model_type": "no_such_model"}))
@@ -217,7 +223,7 @@ def _lora_without_meta(d: Path) -> str:
 
 
 @pytest.mark.parametrize("layout, damage", [
-    ("fsdp2", _no_fsdp_config), ("fsdp2", _missing_rank), ("fsdp2", _mixed_world_sizes),
+    ("fsdp2", _no_fsdp_config), ("fsdp2", _missing_rank), ("fsdp2", _mixed_world_sizes), ("fsdp2", _truncated_rank_file),
     ("fsdp2", _unknown_model_type), ("lora", _lora_without_alpha), ("lora", _lora_without_meta),
 ])
 def test_bad_folders_are_refused_in_one_line(fx, tmp_path, capsys, layout, damage):

@@ -123,6 +123,12 @@ def write_hf_folder(model, meta_dir: Path, out: Path, dtype: torch.dtype, force:
             shutil.rmtree(tmp, ignore_errors=True)
             raise ScirlError(f"-o {out}: exists and is not empty; pass --force to replace it")
         os.replace(out, old)
-    os.replace(tmp, out)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if old.exists():
+            os.replace(old, out)  # put the replaced folder back: a failed export changes nothing
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(old, ignore_errors=True)
     return out
