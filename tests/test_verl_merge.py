@@ -85,7 +85,8 @@ def test_fsdp2_uneven_shard0_merges_bit_for_bit(fx, tmp_path, capsys):
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.lm_head.weight is model.model.embed_tokens.weight and torch.equal(model.lm_head.weight, full[TIED])
     tok = AutoTokenizer.from_pretrained(out)
-    assert tok.chat_template and tok.chat_template == AutoTokenizer.from_pretrained(folder / "huggingface").chat_template
+    source_template = AutoTokenizer.from_pretrained(folder / "huggingface").chat_template
+    assert tok.chat_template and tok.chat_template == source_template
     assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
     assert (out / "generation_config.json").is_file()
     assert not list(tmp_path.glob(".tmp_*")) and not list(tmp_path.glob(".old_*"))
@@ -132,11 +133,11 @@ def test_persistent_buffer_is_taken_once_not_concatenated(fx):
 def test_world_size_1_plain_tensors(tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
-    from helpers.sharded_fixtures import _perturbed_model, _write_verl_meta
+    from helpers.sharded_fixtures import perturbed_model, write_verl_meta
 
-    model, tokenizer = _perturbed_model(seed=11)
+    model, tokenizer = perturbed_model(seed=11)
     folder = tmp_path / "actor"
-    _write_verl_meta(folder, model, tokenizer, world_size=1, fsdp_version=2)
+    write_verl_meta(folder, model, tokenizer, world_size=1, fsdp_version=2)
     torch.save(model.state_dict(), folder / "model_world_size_1_rank_0.pt")
     code, err = _merge(capsys, folder, "-o", tmp_path / "out")
     assert code == 0, err
@@ -223,7 +224,8 @@ def _lora_without_meta(d: Path) -> str:
 
 
 @pytest.mark.parametrize("layout, damage", [
-    ("fsdp2", _no_fsdp_config), ("fsdp2", _missing_rank), ("fsdp2", _mixed_world_sizes), ("fsdp2", _truncated_rank_file),
+    ("fsdp2", _no_fsdp_config), ("fsdp2", _missing_rank), ("fsdp2", _mixed_world_sizes),
+    ("fsdp2", _truncated_rank_file),
     ("fsdp2", _unknown_model_type), ("lora", _lora_without_alpha), ("lora", _lora_without_meta),
 ])
 def test_bad_folders_are_refused_in_one_line(fx, tmp_path, capsys, layout, damage):

@@ -58,7 +58,7 @@ def build(out: Path, timeout: float = 300) -> Path:
     return out
 
 
-def _perturbed_model(seed: int):
+def perturbed_model(seed: int):
     """The tiny Qwen3 with every weight moved (same on every rank), so nothing equals the bundled asset by luck."""
     import torch
 
@@ -72,7 +72,7 @@ def _perturbed_model(seed: int):
     return model, tokenizer
 
 
-def _write_verl_meta(folder: Path, model, tokenizer, world_size: int, fsdp_version: int) -> None:
+def write_verl_meta(folder: Path, model, tokenizer, world_size: int, fsdp_version: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "fsdp_config.json").write_text(json.dumps({"FSDP_version": fsdp_version, "world_size": world_size}))
     model.config.save_pretrained(folder / "huggingface")
@@ -155,10 +155,10 @@ def main(out: Path) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
 
-    model, tokenizer = _perturbed_model(seed=1)
+    model, tokenizer = perturbed_model(seed=1)
     if rank == 0:
         for name in ("fsdp2", "fsdp2_buffer", "fsdp2_shard1", "hsdp_1x2", "hsdp_2x1", "lora", "fsdp1"):
-            _write_verl_meta(out / name, model, tokenizer, world, fsdp_version=1 if name == "fsdp1" else 2)
+            write_verl_meta(out / name, model, tokenizer, world, fsdp_version=1 if name == "fsdp1" else 2)
         meta = out / "dcp_fsdp2" / "step_3" / "hf_meta"
         model.config.save_pretrained(meta)
         model.generation_config.save_pretrained(meta)
@@ -175,7 +175,7 @@ def main(out: Path) -> None:
         torch.save(_full_with_buffer(full, model), out / "fsdp2_buffer" / "full.pt")
     del model
 
-    model, _ = _perturbed_model(seed=2)
+    model, _ = perturbed_model(seed=2)
     _fsdp2(model, shard_placement_fn=lambda p: Shard(1) if p.ndim == 2 else Shard(0))
     _save_ranks(out / "fsdp2_shard1", model.state_dict(), rank, world)
     full = _full(model)
@@ -183,7 +183,7 @@ def main(out: Path) -> None:
         torch.save(full, out / "fsdp2_shard1" / "full.pt")
 
     for shape, name in (((1, world), "hsdp_1x2"), ((world, 1), "hsdp_2x1")):
-        model, _ = _perturbed_model(seed=3)
+        model, _ = perturbed_model(seed=3)
         mesh = init_device_mesh("cpu", shape, mesh_dim_names=("ddp", "fsdp"))
         _fsdp2(model, mesh=mesh)
         _save_ranks(out / name, model.state_dict(), rank, world)
@@ -204,7 +204,7 @@ def main(out: Path) -> None:
     if rank == 0:
         torch.save(tensors, out / "placements" / "full.pt")
 
-    model, _ = _perturbed_model(seed=5)
+    model, _ = perturbed_model(seed=5)
     lora = lora_wrap(model)
     with torch.no_grad():
         logits = lora(torch.tensor(INPUT_IDS)).logits
@@ -220,7 +220,7 @@ def main(out: Path) -> None:
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from torch.distributed.fsdp import ShardedStateDictConfig, StateDictType
 
-    model, _ = _perturbed_model(seed=6)
+    model, _ = perturbed_model(seed=6)
     full = {k: v.clone() for k, v in model.state_dict().items()}
     wrapped = FSDP(model, device_id=torch.device("cpu"), use_orig_params=True)
     with FSDP.state_dict_type(wrapped, StateDictType.SHARDED_STATE_DICT, ShardedStateDictConfig(offload_to_cpu=True)):

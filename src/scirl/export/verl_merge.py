@@ -53,7 +53,8 @@ def inspect_folder(folder: Path) -> VerlCheckpoint:
         raise ScirlError(f"{folder}: folder not found")
     config_path = folder / FSDP_CONFIG
     if not config_path.is_file():
-        raise ScirlError(f"{config_path} is missing: {folder} is not a verl FSDP checkpoint")
+        hint = f" (did you mean {folder / 'actor'}?)" if (folder / "actor" / FSDP_CONFIG).is_file() else ""
+        raise ScirlError(f"{config_path} is missing: {folder} is not a verl FSDP checkpoint{hint}")
     world_size = _read_json(config_path).get("world_size")
     if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
         raise ScirlError(f"{config_path}: 'world_size' must be a positive integer (got {world_size!r})")
