@@ -177,3 +177,24 @@ def test_bad_checkpoints_are_refused_in_one_line(trained, tmp_path, capsys, dama
     code, _, err = _export(capsys, ckpt, "-o", tmp_path / "export")
     assert code == 2 and err.count("\n") == 1 and expected in err and str(ckpt) in err, err
     assert not (tmp_path / "export").exists()
+
+
+def test_export_a_real_training_checkpoint_from_its_dcp_shards_alone(tmp_path, capsys):
+    """scirl train's own checkpoint (model/ + dcp/ + hf_meta/): exporting it from dcp/ alone gives model/ exactly."""
+    import shutil
+
+    from conftest import small_overrides
+
+    args = small_overrides(tmp_path, **{"trainer.total_steps": 1, "trainer.save_freq": 1, "rollout.max_new_tokens": 8})
+    assert main(["train", *args]) == 0
+    step = tmp_path / "t" / "checkpoints" / "step_1"
+    assert (step / "model" / "config.json").is_file() and (step / "dcp" / ".metadata").is_file()
+    dcp_only = tmp_path / "dcp_only" / "step_1"
+    shutil.copytree(step, dcp_only, ignore=shutil.ignore_patterns("model"))
+    code, out, err = _export(capsys, dcp_only, "-o", tmp_path / "export")
+    assert code == 0, err
+    assert "(dcp)" in out
+    reference = load_file(step / "model" / "model.safetensors")
+    saved = load_file(tmp_path / "export" / "model.safetensors")
+    assert set(saved) == set(reference) - {TIED}
+    assert all(torch.equal(saved[k], reference[k]) for k in saved)
