@@ -63,8 +63,9 @@ def hidden_states_out(model):
 
 
 # actor.logprobs_chunk_size 0 (auto): chunks of at most 2**27 logits, one fp32 [chunk, V] block <= 512 MiB:
-# 884 tokens at Qwen3's 151,669 vocabulary, where a micro-batch of 4 x 4096 tokens peaks at ~7x less memory than
-# full logits (bench/logprob_memory.py); the bundled tiny model (vocab 517) would need 259,000 tokens in one
+# 884 tokens at Qwen3's 151,669 vocabulary, where a micro-batch of 4 x 4096 tokens (forward + backward) peaks at
+# 2.2 GiB against ~48 GiB with full logits (bench/logprob_memory.py); the bundled tiny model (vocab 517) would
+# need 259,000 tokens in one
 # micro-batch to chunk, so it keeps the full path that is cheapest there (per-chunk overhead, no memory to save).
 AUTO_CHUNK_LOGITS = 2**27
 
