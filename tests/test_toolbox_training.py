@@ -16,7 +16,7 @@ from scirl.algos import get_policy_loss
 from scirl.errors import ScirlError
 from scirl.rewards import REWARDS, RewardPool, RewardResult, register_reward
 from scirl.rollout.hf_engine import HFRolloutEngine
-from scirl.train import loop as loop_module
+from scirl.train import build as build_module  # where the run is built (the reference among it)
 from scirl.train.actor import Actor
 from scirl.train.loop import run_training
 from scirl.train.rollout_batch import collect_batch
@@ -50,8 +50,8 @@ def make_ctx(tmp_path, tiny, overrides, reward="boxed_numeric"):
 
 def test_reference_model_is_loaded_only_when_a_kl_term_needs_it(tmp_path, monkeypatch):
     built = []
-    real = loop_module.FrozenReference
-    monkeypatch.setattr(loop_module, "FrozenReference", lambda *a, **k: built.append(1) or real(*a, **k))
+    real = build_module.FrozenReference
+    monkeypatch.setattr(build_module, "FrozenReference", lambda *a, **k: built.append(1) or real(*a, **k))
     run_training(load_config(None, small_overrides(tmp_path, **{"trainer.total_steps": 1})))
     assert built == []
     run_training(load_config(None, small_overrides(tmp_path, **{

@@ -43,6 +43,10 @@ def cmd_train(args: list[str]) -> int:
 
     recipe, overrides = _split_args(args)
     cfg = load_config(recipe, overrides)  # checked before any process starts: a bad key is one line, exit 2
+    from scirl.dist import check_divisible, env_world_size
+
+    world = env_world_size() if is_rank() else cfg.trainer.nproc_per_node * cfg.trainer.nnodes
+    check_divisible(cfg.data.train_batch_size, cfg.actor.ppo_mini_batch_size, world)  # before a rank starts
     code = launch_if_needed(cfg, args)  # trainer.nproc_per_node > 1 or trainer.launcher=ray: start the ranks
     if code is not None:
         return code

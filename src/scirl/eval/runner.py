@@ -1,5 +1,6 @@
 """Validation: sample n responses per held-out prompt, grade them, and write `eval/step_<N>.json` (+ samples),
-atomically."""
+atomically. In a run of several ranks each rank evaluates a contiguous slice of the prompts and the records are
+gathered (in prompt order) so that every rank holds the same report; rank 0 writes it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from scirl import dist
 from scirl.data.sample import Sample
 from scirl.eval.metrics import compute_eval_metrics
 from scirl.eval.samples import add_grading_fields, rows_text
@@ -45,11 +47,27 @@ def generate_and_grade(engine, pool, samples: list[Sample], prompt_ids: list[lis
 def evaluate(engine, pool, samples: list[Sample], prompt_ids: list[list[int]], sampling: SamplingParams,
              dataset: str, seed: int, reward_info: dict | None = None) -> tuple[dict, list[dict]]:
     """Returns (eval JSON, per-sample rows)."""
-    records, stats = generate_and_grade(engine, pool, samples, prompt_ids, sampling, seed, reward_info)
+    lo, hi = shard_bounds(len(samples), dist.rank(), dist.world_size())
+    if hi > lo:
+        records, stats = generate_and_grade(engine, pool, samples[lo:hi], prompt_ids[lo:hi], sampling, seed,
+                                            reward_info)
+    else:  # more ranks than prompts
+        records, stats = [], {}
+    if dist.world_size() > 1:
+        parts = dist.all_gather_object((records, stats))
+        records = [r for part, _ in parts for r in part]
+        stats = {k: sum(s.get(k, 0) for _, s in parts) for k in {k for _, s in parts for k in s}}
     add_grading_fields(records, samples)  # the rows can be regraded: scirl eval --from-samples ... --reward NAME
     report = compute_eval_metrics(records, dataset)
     report["reward_timeouts"] = stats.get("timeouts", 0)
     return report, records
+
+
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """[lo, hi) of rank's contiguous slice of n items (the first n % world ranks take one more)."""
+    base, extra = divmod(n, world)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (rank < extra)
 
 
 def write_eval(run_dir: Path, step: int, report: dict, records: list[dict]) -> Path:

@@ -21,7 +21,12 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 
 class HFRolloutEngine:
-    """Samples with `model.generate` on the actor's own module (colocated: no weight copy needed)."""
+    """Samples with `model.generate` on a module of its own process.
+
+    One process: the actor's own module (colocated, nothing to copy). Under FSDP: a full-weight rollout copy on
+    each rank, loaded by `update_weights` after each optimizer step, so generating token by token never
+    all-gathers sharded layers (and ranks that stop after different numbers of tokens never wait for each other).
+    """
 
     def __init__(self, model, tokenizer, max_batch_size: int = 1024):
         self.model = model
@@ -37,8 +42,18 @@ class HFRolloutEngine:
             ids.append(self.tokenizer.eos_token_id)
         return ids
 
-    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """The hf engine samples from the training module itself, so there is nothing to sync."""
+    @torch.no_grad()
+    def update_weights(self, state_dict: dict[str, torch.Tensor] | None) -> None:
+        """THE weight-sync point: load the trained weights (full tensors, HF names) into the rollout module, in
+        place. None: the engine samples from the training module itself, so there is nothing to sync."""
+        if state_dict is None:
+            return
+        params = dict(self.model.named_parameters())
+        missing = sorted(set(params) - set(state_dict))
+        if missing:
+            raise ValueError(f"update_weights: no weights for {missing[:3]} (of {len(missing)})")
+        for name, p in params.items():  # tied weights are one parameter: copied once
+            p.copy_(state_dict[name].to(device=p.device, dtype=p.dtype))
 
     def _shared_prompt_cache(self, rows, width: int, device):
         """Prefill each distinct prompt once (not n times) and fan its KV cache out to its n samples.

@@ -10,11 +10,32 @@ from collections import defaultdict
 
 import torch
 
+from scirl import dist
 from scirl.algos import aggregate_loss, get_policy_loss, global_denominator, kl_penalty, masked_mean, opd_diagnostics
 from scirl.config import Config
+from scirl.faults import fault_point
 from scirl.rollout.base import Trajectories
 from scirl.train.distill_losses import distill_terms, distribution_loss, needs_distributions, rlsd_kwargs
+from scirl.train.fsdp import compute_device, full_state_dict, is_sharded, sum_gradients_over_ranks
 from scirl.train.logprobs import batched_logprobs, logprobs_from_logits, response_logits, sequence_logprobs
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor (the grad norm of sharded gradients) as a plain tensor; a plain tensor as is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _sum_over_ranks(sums: dict[str, float], keep: tuple[str, ...]) -> dict[str, float]:
+    """Per-rank metric sums (each rank's share already weighted by global token counts) summed over ranks;
+    the `keep` keys are the same on every rank (grad norm, update counts) and stay as they are."""
+    if dist.world_size() == 1:
+        return sums
+    out = defaultdict(float, {k: sums[k] for k in keep if k in sums})
+    for part in dist.all_gather_object(dict(sums)):
+        for key, value in part.items():
+            if key not in keep:
+                out[key] += value
+    return out
 
 
 def lr_lambda(warmup: int, total: int, kind: str, min_ratio: float):
@@ -47,9 +68,20 @@ class Actor:
         names = getattr(self.policy_loss, "config_kwargs", ())
         self.loss_kwargs = {k: getattr(act.policy_loss_kwargs, k) for k in names}
         self.skipped_updates = 0  # optimizer steps skipped for a non-finite loss or grad norm (whole run)
+        self.sharded = is_sharded(model)
+        if self.sharded:  # losses carry global normalisers: FSDP must sum gradients over ranks, not average them
+            sum_gradients_over_ranks(model)
+        # actor.ppo_mini_batch_size is global: each rank trains on its share of every mini-batch's groups
+        self.mini_batch_rows = act.ppo_mini_batch_size // dist.world_size() * cfg.rollout.n
 
     def device(self):
-        return next(self.model.parameters()).device
+        return compute_device(self.model)
+
+    def rollout_weights(self) -> dict[str, torch.Tensor] | None:
+        """The weights a rollout engine must load after an optimizer step (THE weight-sync point): the full,
+        unsharded state dict (one all-gather per parameter, on every rank) when the policy is FSDP-sharded; None
+        when the engine samples from this very module (one process: nothing to copy)."""
+        return full_state_dict(self.model) if self.sharded else None
 
     def _rows(self, traj: Trajectories, idx: torch.Tensor):
         dev = self.device()
@@ -63,7 +95,7 @@ class Actor:
 
     def needs_old_logprobs(self, num_rows: int) -> bool:
         """lp_old must be recomputed unless there is one mini-batch and one epoch (then lp_old = sg(lp))."""
-        return self.cfg.actor.ppo_epochs > 1 or num_rows > self.cfg.actor.ppo_mini_batch_size * self.cfg.rollout.n
+        return self.cfg.actor.ppo_epochs > 1 or num_rows > self.mini_batch_rows
 
     def update(self, traj: Trajectories, advantages: torch.Tensor, old_logprobs: torch.Tensor | None = None,
                ref_logprobs: torch.Tensor | None = None, is_weights: torch.Tensor | None = None,
@@ -83,12 +115,13 @@ class Actor:
         sums: dict[str, float] = defaultdict(float)
         self.model.train()
         for _epoch in range(act.ppo_epochs):
-            for mini in torch.arange(len(traj)).split(act.ppo_mini_batch_size * self.cfg.rollout.n):
+            for mini in torch.arange(len(traj)).split(self.mini_batch_rows):
                 self.optimizer.zero_grad(set_to_none=True)
-                tokens = mask[mini].sum().clamp(min=1.0)
-                # normalise by the whole mini-batch (its tokens, or its non-empty sequences: a fully masked row
-                # does not count), so summed micro-batch gradients equal one big batch
+                # normalise by the whole mini-batch of every rank (its tokens, or its non-empty sequences: a fully
+                # masked row does not count), so summed micro-batch gradients equal one big batch in one process
+                tokens = dist.all_reduce_sum(mask[mini].sum()).clamp(min=1.0)
                 denom = global_denominator(act.loss_agg_mode, mask[mini])
+                denom = None if denom is None else dist.all_reduce_sum(denom)
                 step_loss = 0.0
                 for micro in mini.split(act.ppo_micro_batch_size):
                     pick = lambda x: None if x is None else x[micro].to(self.device())  # noqa: E731
@@ -99,8 +132,10 @@ class Actor:
                     weight = float(mask[micro].sum()) / float(tokens)
                     for key, value in metrics.items():
                         sums[key] += value if key in ("actor/pg_loss", "actor/kl_loss") else value * weight
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, act.grad_clip)
-                if math.isfinite(step_loss) and torch.isfinite(grad_norm):
+                fault_point("actor:before_clip")  # gradients computed and reduced, optimizer step not taken
+                grad_norm = _full(torch.nn.utils.clip_grad_norm_(self.params, act.grad_clip))  # over all shards
+                step_loss = float(dist.all_reduce_sum(torch.tensor(step_loss, dtype=torch.float64)))
+                if math.isfinite(step_loss) and torch.isfinite(grad_norm):  # the same decision on every rank
                     self.optimizer.step()
                     sums["actor/applied_updates"] += 1
                 else:  # never apply a non-finite update; count it and move on
@@ -111,6 +146,7 @@ class Actor:
                 sums["actor/optimizer_steps"] += 1
         steps = sums.pop("actor/optimizer_steps")
         counts = ("actor/skipped_updates", "actor/applied_updates")
+        sums = _sum_over_ranks(sums, keep=("actor/grad_norm", *counts))
         metrics = {k: v / steps for k, v in sums.items() if k not in counts}
         metrics.update({k: sums.get(k, 0.0) for k in counts})
         metrics["actor/lr"] = self.optimizer.param_groups[0]["lr"]

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from scirl.rollout.base import Trajectories
+from scirl.train.fsdp import compute_device, is_checkpointing, same_on_all_ranks
 
 
 class PassthroughLinear(nn.Linear):
@@ -180,7 +181,9 @@ def _response_outputs(model, prompt_ids, prompt_mask, response_ids, shared_prefi
     """
     keys = torch.cat([prompt_ids, prompt_mask], dim=1)
     unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
-    if shared_prefix and len(unique) < len(keys):
+    # gradient checkpointing drops the KV cache in training mode; a sharded model must run as many forwards on
+    # every rank (each forward is a collective), so the choice is agreed across ranks
+    if same_on_all_ranks(model, shared_prefix and len(unique) < len(keys) and not is_checkpointing(model)):
         return _shared_prefix_outputs(model, unique[:, : prompt_ids.shape[1]], unique[:, prompt_ids.shape[1]:],
                                       inverse, prompt_mask, response_ids)
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)
@@ -254,7 +257,7 @@ def sequence_logprobs(model, prompt_ids, prompt_mask, response_ids, temperature:
 def batched_logprobs(model, traj: Trajectories, micro_batch_size: int, temperature: float,
                      chunk_size: int = 0) -> torch.Tensor:
     """Per-token log-probs of `traj`'s responses under `model`, micro-batched, on CPU, zero on padding."""
-    device = next(model.parameters()).device
+    device = compute_device(model)
     chunks = []
     for idx in torch.arange(len(traj)).split(micro_batch_size):
         rows = (traj.prompt_ids[idx].to(device), traj.prompt_mask[idx].to(device), traj.response_ids[idx].to(device))

@@ -3,34 +3,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import signal
 import time
 
 import numpy as np
 import torch
 from transformers.utils import logging as transformers_logging
 
-from scirl.algos import make_kl_controller
-from scirl.ckpt.checkpoint import prune_checkpoints, save_checkpoint, step_of
+from scirl import dist
+from scirl.ckpt.checkpoint import load_trainer_state, prune_checkpoints, save_checkpoint, step_of
 from scirl.ckpt.resume import init_weights_path, restore_modules
 from scirl.ckpt.rng import restore_rng
 from scirl.config import Config, save_config, to_dict
-from scirl.data.pipeline import describe, load_prompt_set, make_sampler, require_rewards, tokenize_prompt_set
+from scirl.data.pipeline import describe
+from scirl.errors import ScirlError
 from scirl.eval.runner import evaluate, write_eval
 from scirl.fsutil import atomic_write_json
 from scirl.log.console import StepProgress, console, summary_footer, summary_table
 from scirl.log.metrics_writer import MetricsWriter
-from scirl.rewards import RewardPool
 from scirl.rollout.base import SamplingParams
-from scirl.rollout.hf_engine import HFRolloutEngine
-from scirl.train.actor import Actor
-from scirl.train.distill import make_teacher
-from scirl.train.model_loading import load_model_and_tokenizer, pick_device, resolve_model_path
+from scirl.train.build import build_run
+from scirl.train.rank_metrics import reduce_step_metrics
 from scirl.train.run_folder import RunLock, RunStart, prepare_run
 from scirl.train.step import StepContext, train_step
 from scirl.train.stop import GracefulStop, RunStopped
-from scirl.train.teachers import FrozenReference
 
 
 def seed_everything(seed: int) -> None:
@@ -40,17 +39,51 @@ def seed_everything(seed: int) -> None:
 
 
 def _note(text: str) -> None:
-    console.print(text, highlight=False, soft_wrap=True)
+    if dist.is_main():  # rank 0 alone talks
+        console.print(text, highlight=False, soft_wrap=True)
 
 
 def run_training(cfg: Config) -> dict:
-    """Train one run. Holds the run folder's lock throughout; SIGTERM / Ctrl-C stop at the next step boundary
-    with a checkpoint (trainer.save_on_signal) and raise RunStopped."""
-    with RunLock(cfg.run_dir) as lock, GracefulStop(cfg.trainer.save_on_signal) as stop:
-        if lock.stale:
-            _note(f"note: stale lock of a run that did not exit cleanly ({lock.stale}); taken over")
-        start = prepare_run(cfg, to_dict(cfg), _note)
+    """Train one run (one rank of it when started by torchrun / the Ray launcher: WORLD_SIZE > 1). Rank 0 holds
+    the run folder's lock throughout and decides what to do with the folder; SIGTERM / Ctrl-C stop every rank at
+    the same step boundary with a checkpoint (trainer.save_on_signal) and raise RunStopped."""
+    dist.check_divisible(cfg.data.train_batch_size, cfg.actor.ppo_mini_batch_size, dist.env_world_size())
+    joined = dist.init_from_env()
+    try:
+        return _run(cfg)
+    finally:
+        if joined:
+            dist.destroy()
+
+
+def _decide_start(cfg: Config, lock) -> RunStart:
+    """Rank 0 applies the run folder rules; every rank gets its decision (or its one-line error)."""
+    decision = None
+    if dist.is_main():
+        try:
+            if lock.stale:
+                _note(f"note: stale lock of a run that did not exit cleanly ({lock.stale}); taken over")
+            start = prepare_run(cfg, to_dict(cfg), _note)
+            decision = {"ckpt": start.ckpt, "finished": start.finished}
+        except ScirlError as e:
+            dist.broadcast_object({"error": str(e)})
+            raise
+        dist.broadcast_object(decision)
+        return start
+    decision = dist.broadcast_object(decision)
+    if "error" in decision:
+        raise ScirlError(decision["error"])
+    ckpt = decision["ckpt"]
+    return RunStart(ckpt, load_trainer_state(ckpt) if ckpt else None, decision["finished"])
+
+
+def _run(cfg: Config) -> dict:
+    with (RunLock(cfg.run_dir) if dist.is_main() else contextlib.nullcontext()) as lock, \
+            GracefulStop(cfg.trainer.save_on_signal) as stop:
+        start = _decide_start(cfg, lock)
         if start.finished:
+            if not dist.is_main():
+                return {}
             summary = json.loads((cfg.run_dir / "summary.json").read_text())
             if summary.get("before") and summary.get("after"):
                 console.print(summary_table(summary))
@@ -66,9 +99,10 @@ def _saved_modules(cfg: Config, teacher) -> dict:
     return {"ema_teacher": teacher.model} if cfg.distill.teacher == "ema" else {}
 
 
-def _restore(start: RunStart, cfg: Config, actor, sampler, kl_ctrl, teacher) -> None:
-    state = start.state
-    restore_modules(start.ckpt, state, actor.model, actor.optimizer, _saved_modules(cfg, teacher))
+def _restore(start: RunStart, cfg: Config, parts) -> None:
+    """Load a checkpoint into this rank's components (every rank calls it), then sync the rollout copy."""
+    state, actor = start.state, parts.actor
+    restore_modules(start.ckpt, state, actor.model, actor.optimizer, _saved_modules(cfg, parts.teacher))
     actor.scheduler.load_state_dict(state["scheduler"])
     act, sched = cfg.actor, actor.scheduler  # the optimizer state carries the old hyperparameters: apply the config's
     sched.base_lrs = [act.lr for _ in sched.base_lrs]
@@ -76,12 +110,13 @@ def _restore(start: RunStart, cfg: Config, actor, sampler, kl_ctrl, teacher) -> 
         group.update(initial_lr=act.lr, lr=act.lr * factor(sched.last_epoch), betas=tuple(act.betas),
                      weight_decay=act.weight_decay)
     actor.skipped_updates = state["skipped_updates"]
-    sampler.load_state_dict(state["sampler"])
-    if kl_ctrl is not None and state.get("kl_ctrl"):
-        kl_ctrl.load_state_dict(state["kl_ctrl"])
-    note = restore_rng(state["rng"], 0, 1, cfg.trainer.seed, start.step)
+    parts.sampler.load_state_dict(state["sampler"])
+    if parts.kl_ctrl is not None and state.get("kl_ctrl"):
+        parts.kl_ctrl.load_state_dict(state["kl_ctrl"])
+    note = restore_rng(state["rng"], dist.rank(), dist.world_size(), cfg.trainer.seed, start.step)
     if note:
         _note(note)
+    parts.sync_rollout()  # the weights may have come from dcp/ after the rollout copy was made
 
 
 def _read_eval(path) -> dict | None:
@@ -96,105 +131,108 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
     t_start = time.perf_counter()
     transformers_logging.disable_progress_bar()  # our own progress bar is the one that matters
     d, t, run_dir = cfg.data, cfg.trainer, cfg.run_dir
+    main = dist.is_main()
     config_dict = to_dict(cfg)
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
-    seed_everything(t.seed)
-    init_path = init_weights_path(start.ckpt, cfg.model.path)
-    resolve_model_path(init_path)  # fail fast on a bad model.path
-    train_ps, val_ps = load_prompt_set(d, "train"), load_prompt_set(d, "val")
-    require_rewards(train_ps.samples, cfg.reward.name, "data.train")
-    require_rewards(val_ps.samples, cfg.reward.name, "data.val")
-    # reward workers are forked before the model and tokenizer spin up their threads
-    pool = RewardPool(cfg.reward.name, workers=cfg.reward.workers, timeout=cfg.reward.timeout)
-    device = pick_device(t.device)
-    model, tokenizer = load_model_and_tokenizer(init_path, cfg.model.dtype, device, cfg.model.attn_implementation)
-    train_ps, val_ps = tokenize_prompt_set(train_ps, tokenizer, d, "data.train"), tokenize_prompt_set(val_ps, tokenizer, d, "data.val")
-    train_set, train_ids, val_set, val_ids = train_ps.samples, train_ps.ids, val_ps.samples, val_ps.ids
-    actor = Actor(model, cfg)
-    reference = None
-    if cfg.actor.use_kl_loss or cfg.algorithm.use_kl_in_reward or cfg.distill.teacher == "reference":
-        # a frozen copy of the *initial* policy
-        reference = FrozenReference(cfg.model.path, cfg.model.dtype, device, cfg.model.attn_implementation,
-                                    cfg.actor.ppo_micro_batch_size, cfg.rollout.temperature,
-                                    chunk_size=cfg.actor.logprobs_chunk_size)
-    kc = cfg.algorithm.kl_ctrl
-    kl_ctrl = make_kl_controller(kc.type, kc.kl_coef, kc.target_kl, kc.horizon) if cfg.algorithm.use_kl_in_reward else None
-    teacher = make_teacher(cfg, model, tokenizer, reference, device)  # RLSD / SDPO / OPD
-    engine = HFRolloutEngine(model, tokenizer)
-    sampler = make_sampler(train_ps, d.train_batch_size, d.seed, d.shuffle)
+    seed_everything(t.seed + 1_000_003 * dist.rank())  # each rank samples its own responses
+    parts = build_run(cfg, init_weights_path(start.ckpt, cfg.model.path))
+    train_ps, val_ps, pool, actor, engine = parts.train_ps, parts.val_ps, parts.pool, parts.actor, parts.engine
     if start.state:
-        _restore(start, cfg, actor, sampler, kl_ctrl, teacher)
+        _restore(start, cfg, parts)
         _note(f"resumed from {start.ckpt} (step {start.step})")
-    save_config(cfg, run_dir / "config.yaml")
+    if main:
+        save_config(cfg, run_dir / "config.yaml")
 
     val_sampling = SamplingParams(cfg.rollout.val_n, cfg.rollout.val_temperature, cfg.rollout.val_top_p,
                                   cfg.rollout.max_new_tokens)
 
     def validate(step: int) -> dict:
-        report, records = evaluate(engine, pool, val_set, val_ids, val_sampling, f"{d.val}-val",
-                                   seed=t.seed + 7919, reward_info=cfg.reward.kwargs)
+        report, records = evaluate(engine, pool, val_ps.samples, val_ps.ids, val_sampling, f"{d.val}-val",
+                                   seed=t.seed + 7919, reward_info=cfg.reward.kwargs)  # sharded over ranks
         report["step"] = step
-        write_eval(run_dir, step, report, records)
+        if main:
+            write_eval(run_dir, step, report, records)
         return report
 
-    def checkpoint(step: int):
-        path = save_checkpoint(run_dir, step, model, tokenizer, {
-            "scheduler": actor.scheduler.state_dict(), "sampler": sampler.state_dict(),
+    def checkpoint(step: int):  # every rank takes part; rank 0 writes model/ from the rollout copy (no gather)
+        path = save_checkpoint(run_dir, step, parts.model, parts.tokenizer, {
+            "scheduler": actor.scheduler.state_dict(), "sampler": parts.sampler.state_dict(),
             "skipped_updates": actor.skipped_updates, "config": config_dict,
-            "kl_ctrl": kl_ctrl.state_dict() if kl_ctrl is not None else None,
-        }, optimizer=actor.optimizer, modules=_saved_modules(cfg, teacher), save_hf=t.save_hf)
-        prune_checkpoints(run_dir, t.keep_last)
+            "kl_ctrl": parts.kl_ctrl.state_dict() if parts.kl_ctrl is not None else None,
+        }, optimizer=actor.optimizer, modules=_saved_modules(cfg, parts.teacher), save_hf=t.save_hf,
+            hf_model=engine.model if parts.sharded else None)
+        if main:
+            prune_checkpoints(run_dir, t.keep_last)
         return path
 
-    def next_prompts():
-        idx = sampler.next_batch()
-        return [train_set[i] for i in idx], [train_ids[i] for i in idx]
-
-    ctx = StepContext(cfg, actor, engine, pool, next_prompts, reference, kl_ctrl, teacher, tokenizer)
+    ctx = StepContext(cfg, actor, engine, pool, parts.next_prompts, parts.reference, parts.kl_ctrl, parts.teacher,
+                      parts.tokenizer)
     _note(f"train: {describe(train_ps)}\nval: {describe(val_ps)}")
     done, saved = start.step, start.ckpt  # the last completed step, the newest checkpoint of this run
-    with pool, MetricsWriter(run_dir) as writer:
+    stopped = 0  # the signal that stopped the run (on any rank), 0 while none did
+    with pool, (MetricsWriter(run_dir) if main else contextlib.nullcontext()) as writer:
         before = _read_eval(run_dir / "eval" / "step_0.json") if start.step else validate(0)
         if before is not None:
             _note(f"step 0 validation: {_fmt(before)}")
         last_eval = before if start.step == 0 else None
-        with StepProgress(t.total_steps, start.step, t.progress) as progress:
+        with StepProgress(t.total_steps, start.step, t.progress and main) as progress:
             for step in range(start.step + 1, t.total_steps + 1):
-                if stop.requested:
+                stopped = _stop_signal(stop)
+                if stopped:
                     break
                 ctx.step = step
-                metrics = train_step(ctx)
-                metrics["data/epoch"] = sampler.epoch
-                writer.write(step, metrics)
-                progress.update(step, metrics)
+                metrics = reduce_step_metrics(train_step(ctx))
+                metrics["data/epoch"] = parts.sampler.epoch
+                if main:
+                    writer.write(step, metrics)
+                    progress.update(step, metrics)
                 done = step
                 if t.test_freq and step % t.test_freq == 0 or step == t.total_steps:
                     last_eval = validate(step)
-                    progress.note(f"step {step} validation: {_fmt(last_eval)}")
+                    if main:
+                        progress.note(f"step {step} validation: {_fmt(last_eval)}")
                 if t.save_freq and step % t.save_freq == 0 or step == t.total_steps:
                     saved = checkpoint(step)
-        if stop.requested and done < t.total_steps:
+        stopped = stopped or _stop_signal(stop)
+        if stopped and done < t.total_steps:
             path = saved if saved is not None and step_of(saved) == done else checkpoint(done)
-            _write_summary(run_dir, "interrupted", before, last_eval, done, start, t_start, actor, train_ps, val_ps)
-            raise RunStopped(f"stopped by {stop.name} after step {done}: checkpoint {path}; run the same command "
-                             "again to continue (trainer.resume=auto)", stop.signum)
+            if main:
+                _write_summary(run_dir, "interrupted", before, last_eval, done, start, t_start, actor, train_ps, val_ps)
+            name = signal.Signals(stopped).name
+            raise RunStopped(f"stopped by {name} after step {done}: checkpoint {path}; run the same command "
+                             "again to continue (trainer.resume=auto)", stopped)
         after = last_eval if last_eval is not None else validate(t.total_steps)
-    summary = _write_summary(run_dir, "finished", before, after, t.total_steps, start, t_start, actor, train_ps, val_ps)
-    if before is not None:
-        console.print(summary_table(summary))
-    _note(summary_footer(summary, str(run_dir)))
+    summary = _summary(run_dir, "finished", before, after, t.total_steps, start, t_start, actor, train_ps, val_ps)
+    if main:
+        atomic_write_json(run_dir / "summary.json", summary)
+        if before is not None:
+            console.print(summary_table(summary))
+        _note(summary_footer(summary, str(run_dir)))
     return summary
+
+
+def _stop_signal(stop: GracefulStop) -> int:
+    """The signal that asked any rank to stop (0: none), the same on every rank: all stop at this boundary."""
+    if dist.world_size() == 1:
+        return stop.signum or 0
+    return int(dist.all_reduce_max(torch.tensor(stop.signum or 0)).item())
 
 
 def _write_summary(run_dir, status: str, before, after, steps: int, start: RunStart, t_start: float, actor,
                    train_ps, val_ps) -> dict:
+    summary = _summary(run_dir, status, before, after, steps, start, t_start, actor, train_ps, val_ps)
+    atomic_write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _summary(run_dir, status: str, before, after, steps: int, start: RunStart, t_start: float, actor,
+             train_ps, val_ps) -> dict:
     summary = {
         "status": status, "before": before, "after": after, "steps": steps,
         "resumed_from_step": start.step, "wall_seconds": time.perf_counter() - t_start,
         "skipped_updates": actor.skipped_updates, "data": {"train": train_ps.stats, "val": val_ps.stats},
     }
-    atomic_write_json(run_dir / "summary.json", summary)
     return summary
 
 

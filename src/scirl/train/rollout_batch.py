@@ -1,5 +1,7 @@
 """Building one step's batch: generate, grade, shape the scores (DAPO overlong penalty), and, with DAPO dynamic
-sampling, keep generating until `train_batch_size` groups with non-zero reward spread are collected.
+sampling, keep generating until `train_batch_size` groups with non-zero reward spread are collected (over all
+ranks: every rank generates its share of each generation batch, the kept groups are counted and then gathered
+across ranks, the first `train_batch_size` in global order are kept and each rank trains on its share).
 
 Reward failures are not silent: the first failure's traceback is printed once per run, and every generation batch
 with failed or timed-out reward calls prints one line with the count (they score 0 and are logged as
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from scirl import dist
 from scirl.algos import filter_groups, overlong_penalty
 from scirl.errors import ScirlError
 from scirl.log.console import console
@@ -70,7 +73,7 @@ def collect_batch(ctx) -> RolloutBatch:
         batch.metrics.update(batch_metrics(batch, cfg))
         return batch
     kept: list[RolloutBatch] = []
-    num_kept = num_generated = 0
+    num_kept = num_generated = 0  # over all ranks
     totals = dict.fromkeys(["timing/rollout", "timing/reward", "reward/timeouts", "reward/errors"], 0.0)
     for gen in itertools.count(1):
         batch = generate_and_score(ctx, str(gen))
@@ -78,12 +81,12 @@ def collect_batch(ctx) -> RolloutBatch:
             totals[key] += batch.metrics[key]
         metric = batch.acc if fg.metric == "acc" else batch.scores
         keep = set(filter_groups(batch.traj.uid, metric.tolist()))
-        num_generated += len(set(batch.traj.uid))
         rows = [i for i, u in enumerate(batch.traj.uid) if u in keep]
         if rows:
             kept.append(RolloutBatch(batch.traj.select(rows), batch.scores[rows], batch.acc[rows], batch.metrics,
                                      [batch.samples[i] for i in rows]))
-        num_kept += len(keep)
+        counts = dist.all_reduce_sum(torch.tensor([len(keep), len(set(batch.traj.uid))]))  # the same on every rank
+        num_kept, num_generated = num_kept + int(counts[0]), num_generated + int(counts[1])
         if num_kept >= cfg.data.train_batch_size:
             break
         if fg.max_num_gen_batches and gen >= fg.max_num_gen_batches:
@@ -91,14 +94,32 @@ def collect_batch(ctx) -> RolloutBatch:
                 f"algorithm.filter_groups: only {num_kept} of data.train_batch_size={cfg.data.train_batch_size} "
                 f"groups had a non-zero {fg.metric} spread after max_num_gen_batches={fg.max_num_gen_batches} "
                 "generation batches (raise it, or 0 for unlimited)")
+    if dist.world_size() > 1:
+        kept = _gather_kept(kept)
     traj = Trajectories.concat([b.traj for b in kept])
-    rows = list(range(cfg.data.train_batch_size * cfg.rollout.n))  # groups are contiguous: keep the first ones
+    n = cfg.rollout.n
+    groups = range(cfg.data.train_batch_size)  # groups are contiguous: keep the first ones
+    if dist.world_size() > 1:  # this rank's share of them
+        groups = dist.rank_groups(cfg.data.train_batch_size, cfg.actor.ppo_mini_batch_size, dist.rank(),
+                                  dist.world_size())
+    rows = [g * n + j for g in groups for j in range(n)]
     samples = [s for b in kept for s in b.samples]
     merged = RolloutBatch(traj.select(rows), torch.cat([b.scores for b in kept])[rows],
                           torch.cat([b.acc for b in kept])[rows], samples=[samples[i] for i in rows])
     merged.metrics = {**totals, "dapo/num_gen_batches": float(gen), "dapo/kept_groups_frac": num_kept / num_generated,
+                      "dapo/train_groups": float(dist.all_reduce_sum(torch.tensor(len(set(merged.traj.uid))))),
                       **batch_metrics(merged, cfg)}
     return merged
+
+
+def _gather_kept(kept: list[RolloutBatch]) -> list[RolloutBatch]:
+    """Every rank's kept groups, in global order (generation batch, then rank), with uids made unique across
+    ranks (each rank numbers its prompts from 0)."""
+    parts = dist.all_gather_object([(b.traj.uid[0].split(":")[0], b) for b in kept])
+    ordered = sorted(((int(gen), r, b) for r, part in enumerate(parts) for gen, b in part), key=lambda x: x[:2])
+    for _, r, b in ordered:
+        b.traj.uid = [f"{u}@{r}" for u in b.traj.uid]
+    return [b for _, _, b in ordered]
 
 
 def batch_metrics(batch: RolloutBatch, cfg) -> dict[str, float]:

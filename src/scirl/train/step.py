@@ -72,7 +72,7 @@ def train_step(ctx: StepContext) -> dict[str, float]:
     update = ctx.actor.update(traj, advantages, old_lp, ref_lp, is_weights, loss_mask, teacher, ctx.step)
     ema_update(cfg, ctx.teacher, ctx.actor.model, update)  # theta_T <- (1 - a) theta_T + a theta_S
     metrics.update(update)
-    ctx.engine.update_weights(None)  # hf engine shares the module; a vllm engine would sync here
+    ctx.engine.update_weights(ctx.actor.rollout_weights())  # THE weight-sync point (None: nothing to sync)
     t3 = time.perf_counter()
     token_adv = advantages[loss_mask.bool()]
     metrics.update({

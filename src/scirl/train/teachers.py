@@ -11,6 +11,7 @@ import torch
 
 from scirl.errors import ScirlError
 from scirl.rollout.base import Trajectories
+from scirl.train.fsdp import compute_device, local, reshard
 from scirl.train.logprobs import batched_logprobs, response_log_softmax
 from scirl.train.model_loading import load_model_and_tokenizer
 
@@ -30,7 +31,7 @@ class _Teacher:
             p.grad = None
 
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return compute_device(self.model)
 
     @torch.no_grad()
     def logprobs(self, traj: Trajectories) -> torch.Tensor:
@@ -81,13 +82,16 @@ class EMATeacher(_Teacher):
         """theta_T <- (1 - rate) theta_T + rate theta_S for every parameter (in place); buffers are copied."""
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or math.isnan(rate) or not 0 <= rate <= 1:
             raise ScirlError(f"distill.teacher_update_rate must be a number in [0, 1], got {rate!r}")
+        reshard(student_model)  # sharded: read the parameters' shards, not what a root forward left unsharded
+        reshard(self.model)
         mine = dict(self.model.named_parameters())
         theirs = dict(student_model.named_parameters())
         if mine.keys() != theirs.keys():
             missing = sorted(mine.keys() ^ theirs.keys())[:3]
             raise ValueError(f"EMATeacher.update: the student's parameters differ from the teacher's ({missing})")
-        for name, t in mine.items():
-            t.lerp_(theirs[name].detach().to(device=t.device, dtype=t.dtype), float(rate))
+        for name, t in mine.items():  # on each rank's own shards when both are sharded alike: no gather
+            t, s = local(t), local(theirs[name].detach())
+            t.lerp_(s.to(device=t.device, dtype=t.dtype), float(rate))
         buffers = dict(student_model.named_buffers())
         for name, b in self.model.named_buffers():
             if name in buffers:

@@ -1,0 +1,97 @@
+"""Building a run: the config turned into this rank's components — prompt sets and sampler, reward pool, the actor
+(FSDP2-sharded when the world size is above 1, gradient checkpointing when asked), the rollout engine (sampling
+from the actor's module in one process, from a full-weight rollout copy per rank under FSDP), the frozen reference
+and the teacher (sharded like the actor), and the KL controller. `train/loop.py` only resumes, loops, validates and
+checkpoints."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from scirl import dist
+from scirl.algos import make_kl_controller
+from scirl.config import Config
+from scirl.data.pipeline import load_prompt_set, make_sampler, require_rewards, tokenize_prompt_set
+from scirl.rewards import RewardPool
+from scirl.rollout.hf_engine import HFRolloutEngine
+from scirl.train.actor import Actor
+from scirl.train.distill import make_teacher
+from scirl.train.fsdp import enable_gradient_checkpointing, shard_model
+from scirl.train.model_loading import load_model_and_tokenizer, pick_device, resolve_model_path
+from scirl.train.teachers import FrozenReference
+
+
+@dataclass
+class RunParts:
+    """One rank's components of a run."""
+
+    cfg: Config
+    model: torch.nn.Module  # the policy (sharded when `sharded`)
+    tokenizer: object
+    actor: Actor
+    engine: HFRolloutEngine
+    reference: FrozenReference | None
+    teacher: object | None  # EMATeacher | FrozenReference | ExternalTeacher | None
+    kl_ctrl: object | None
+    pool: RewardPool
+    sampler: object
+    train_ps: object
+    val_ps: object
+    sharded: bool
+
+    def next_prompts(self):
+        """This rank's share of the next global batch (every rank draws the same batch: same sampler, same seed):
+        whole prompt groups, a contiguous share of each mini-batch (scirl.dist.rank_groups)."""
+        idx = self.sampler.next_batch()
+        mine = [idx[g] for g in dist.rank_groups(len(idx), self.cfg.actor.ppo_mini_batch_size, dist.rank(),
+                                                   dist.world_size())]
+        return [self.train_ps.samples[i] for i in mine], [self.train_ps.ids[i] for i in mine]
+
+    def sync_rollout(self) -> None:
+        """Load the actor's current weights into the rollout engine (after weights change outside a step)."""
+        self.engine.update_weights(self.actor.rollout_weights())
+
+
+def build_run(cfg: Config, init_path: str) -> RunParts:
+    """This rank's components, the policy loaded from `init_path` (the model or a checkpoint's HF folder)."""
+    d, t = cfg.data, cfg.trainer
+    resolve_model_path(init_path)  # fail fast on a bad model.path
+    train_ps, val_ps = load_prompt_set(d, "train"), load_prompt_set(d, "val")
+    require_rewards(train_ps.samples, cfg.reward.name, "data.train")
+    require_rewards(val_ps.samples, cfg.reward.name, "data.val")
+    # reward workers are forked before the model and tokenizer spin up their threads
+    pool = RewardPool(cfg.reward.name, workers=cfg.reward.workers, timeout=cfg.reward.timeout)
+    device = pick_device(t.device)
+    model, tokenizer = load_model_and_tokenizer(init_path, cfg.model.dtype, device, cfg.model.attn_implementation)
+    train_ps = tokenize_prompt_set(train_ps, tokenizer, d, "data.train")
+    val_ps = tokenize_prompt_set(val_ps, tokenizer, d, "data.val")
+    reference = None
+    if cfg.actor.use_kl_loss or cfg.algorithm.use_kl_in_reward or cfg.distill.teacher == "reference":
+        # a frozen copy of the *initial* policy
+        reference = FrozenReference(cfg.model.path, cfg.model.dtype, device, cfg.model.attn_implementation,
+                                    cfg.actor.ppo_micro_batch_size, cfg.rollout.temperature,
+                                    chunk_size=cfg.actor.logprobs_chunk_size)
+    kc = cfg.algorithm.kl_ctrl
+    kl_ctrl = make_kl_controller(kc.type, kc.kl_coef, kc.target_kl, kc.horizon) if cfg.algorithm.use_kl_in_reward else None
+    teacher = make_teacher(cfg, model, tokenizer, reference, device)  # RLSD / SDPO / OPD (EMA: a copy, unsharded)
+    sharded = dist.world_size() > 1
+    rollout_model = model
+    if sharded:
+        # the rollout copy: full weights on every rank, synced after each optimizer step (Actor.rollout_weights);
+        # generating on the sharded module would all-gather every layer for every token
+        rollout_model = copy.deepcopy(model).eval().requires_grad_(False)
+        frozen = {id(m.model): m.model for m in (reference, teacher) if m is not None and hasattr(m, "model")}
+        for module in frozen.values():
+            shard_model(module, cfg.actor.fsdp, device)
+    if cfg.actor.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    if sharded:
+        shard_model(model, cfg.actor.fsdp, device)
+    actor = Actor(model, cfg)
+    engine = HFRolloutEngine(rollout_model, tokenizer)
+    sampler = make_sampler(train_ps, d.train_batch_size, d.seed, d.shuffle)
+    return RunParts(cfg, model, tokenizer, actor, engine, reference, teacher, kl_ctrl, pool, sampler, train_ps,
+                    val_ps, sharded)
