@@ -228,6 +228,22 @@ def test_ray_address_not_reachable_is_one_line_in_seconds(capsys, monkeypatch, t
 # ---------------------------------------------------------------------------------------------------- Ray
 
 
+def test_kill_9_of_scirl_train_on_two_ranks_leaves_no_process_and_the_tee_ends(tmp_path):
+    env = env_with(SCIRL_TEST_COUNTER=tmp_path / "calls", SCIRL_TEST_BLOCK_AT=1, SCIRL_TEST_MARKER=tmp_path / "blocked",
+                   SCIRL_TEST_RELEASE=tmp_path / "release")
+    launcher = train(train_args(tmp_path, "k", **{"reward.name": f"{REWARD}:score"}), env, start_new_session=True)
+    tee = subprocess.Popen(["tee", str(tmp_path / "log")], stdin=launcher.stdout, stdout=subprocess.DEVNULL)
+    launcher.stdout.close()
+    wait_for(lambda: (tmp_path / "blocked").exists(), "a rank's first reward call")
+    family = descendants(launcher.pid)
+    assert len(family) >= 5  # torchrun's agent, 2 ranks, a reward worker each
+    launcher.kill()
+    launcher.wait(timeout=DEADLINE)
+    wait_for(lambda: not any(alive(p) for p in family), "torchrun, the ranks and their workers to die", 10)
+    assert tee.wait(timeout=10) == 0  # nothing holds the pipe: `scirl train ... | tee log` returns
+    launcher.stderr.close()
+
+
 def test_ray_local_instance_runs_the_ranks_and_leaves_nothing_behind_even_after_kill_9(tmp_path):
     ray_tmp = Path(tempfile.mkdtemp(prefix="sr-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     home = tmp_path / "home"
@@ -281,6 +297,15 @@ def ray_cluster():
 
 
 
+@pytest.fixture(scope="module")
+def torchrun_run(tmp_path_factory):
+    """`scirl train ... trainer.nproc_per_node=2`: scirl starts torchrun, 2 gloo ranks, 1 step."""
+    out = tmp_path_factory.mktemp("torchrun")
+    code, _, err = finish(train(train_args(out, "t"), env_with()))
+    assert code == 0, err
+    return out / "t"
+
+
 def test_ray_sigterm_reaches_every_rank_once_and_the_run_exits_143(ray_cluster):
     address, auth = ray_cluster
     proc = selftest("ray", f"ray.address={address}", env=env_with(SCIRL_SELFTEST_SLEEP=120, **auth))
@@ -292,3 +317,28 @@ def test_ray_sigterm_reaches_every_rank_once_and_the_run_exits_143(ray_cluster):
     out = "".join(seen) + out
     assert "selftest rank 0 stopped by SIGTERM" in out and "selftest rank 1 stopped by SIGTERM" in out
     assert "second" not in err
+
+
+def test_two_ranks_under_ray_train_the_weights_of_two_ranks_under_torchrun(torchrun_run, ray_cluster, tmp_path):
+    address, auth = ray_cluster
+    code, out, err = finish(train(train_args(tmp_path, "r", **{"trainer.launcher": "ray", "ray.address": address}),
+                                  env_with(**auth)))
+    assert code == 0, err
+    assert "1 steps in" in out and "[rank 0]" not in out  # rank 0's console, as from one process
+    ray_w, torchrun_w = final_weights(tmp_path / "r"), final_weights(torchrun_run)
+    assert ray_w.keys() == torchrun_w.keys()
+    assert max((ray_w[k] - torchrun_w[k]).abs().max().item() for k in ray_w) <= 1e-6
+    initial = load_file(Path(__file__).parent.parent / "src/scirl/assets/tiny-qwen3/model.safetensors")
+    assert any(not (ray_w[k] == initial[k]).all() for k in initial)  # the step did train
+
+
+def test_a_ray_rank_dying_mid_step_ends_the_run_with_its_error_and_no_hang(ray_cluster, tmp_path):
+    address, auth = ray_cluster
+    start = time.monotonic()
+    code, out, err = finish(train(train_args(tmp_path, "f", **{"trainer.launcher": "ray", "ray.address": address}),
+                                  env_with(SCIRL_FAULT=FAULT, SCIRL_FAULT_RANK=1, **auth)))
+    assert code == 128 + signal.SIGKILL, err
+    assert err.strip().splitlines()[-1] == ("scirl: rank 1 failed (killed by SIGKILL): no error report; its output "
+                                            "is above")
+    assert time.monotonic() - start < DEADLINE
+    assert not (tmp_path / "f" / "checkpoints" / "step_1").exists()
