@@ -26,7 +26,7 @@ from scirl.cli import main as scirl_main
 REWARD = Path(__file__).parent / "helpers" / "blocking_reward.py"
 
 DEADLINE = 180.0  # generous: a loaded 2-core machine
-FAULT = "actor:before_clip"  # a point every rank reaches mid-step (gradients reduced, optimizer step not taken)
+FAULT = "ckpt:mid_save"  # a point every rank reaches (the DCP shards written, the trainer state not yet)
 
 
 def env_with(**extra) -> dict:
@@ -332,7 +332,7 @@ def test_two_ranks_under_ray_train_the_weights_of_two_ranks_under_torchrun(torch
     assert any(not (ray_w[k] == initial[k]).all() for k in initial)  # the step did train
 
 
-def test_a_ray_rank_dying_mid_step_ends_the_run_with_its_error_and_no_hang(ray_cluster, tmp_path):
+def test_a_ray_rank_killed_mid_save_ends_the_run_with_its_error_and_no_hang(ray_cluster, tmp_path):
     address, auth = ray_cluster
     start = time.monotonic()
     code, out, err = finish(train(train_args(tmp_path, "f", **{"trainer.launcher": "ray", "ray.address": address}),
