@@ -30,9 +30,13 @@ def worker() -> int:
     rank, world = dist.get_rank(), dist.get_world_size()
     total = torch.tensor([float(rank)])
     dist.all_reduce(total)
-    print(f"selftest rank {rank}/{world} local {os.environ.get('LOCAL_RANK')}/{os.environ.get('LOCAL_WORLD_SIZE')} "
-          f"sum {int(total.item())} omp {os.environ.get('OMP_NUM_THREADS')} "
-          f"cuda_visible {os.environ.get('CUDA_VISIBLE_DEVICES', '-')} pid {os.getpid()}", flush=True)
+    # one write per line: print() writes the text and the newline separately, and unbuffered ranks sharing one
+    # pipe then interleave ("...pid 11629selftest rank 1/2 ...")
+    sys.stdout.write(f"selftest rank {rank}/{world} local {os.environ.get('LOCAL_RANK')}/"
+                     f"{os.environ.get('LOCAL_WORLD_SIZE')} sum {int(total.item())} "
+                     f"omp {os.environ.get('OMP_NUM_THREADS')} cuda_visible {os.environ.get('CUDA_VISIBLE_DEVICES', '-')} "
+                     f"pid {os.getpid()}\n")
+    sys.stdout.flush()
     if os.environ.get("SCIRL_SELFTEST_FAIL_RANK") == str(rank):
         write_report(3, f"selftest failure injected on rank {rank}")
         print(f"scirl: error: selftest failure injected on rank {rank}", file=sys.stderr, flush=True)
@@ -42,7 +46,8 @@ def worker() -> int:
         time.sleep(0.05)
     dist.destroy_process_group()
     if got:
-        print(f"selftest rank {rank} stopped by {signal.Signals(got[0]).name}", flush=True)
+        sys.stdout.write(f"selftest rank {rank} stopped by {signal.Signals(got[0]).name}\n")
+        sys.stdout.flush()
         write_report(128 + got[0], f"stopped by {signal.Signals(got[0]).name}")
         return 0 if os.environ.get("SCIRL_LAUNCHER_PID") else 128 + got[0]
     write_report(0, "")
