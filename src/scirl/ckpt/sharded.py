@@ -11,6 +11,9 @@ parameters, wrapper prefixes) is one line naming the file and the first key that
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 from pathlib import Path
 
 import torch
@@ -27,6 +30,15 @@ MODEL_KEY = "model"
 OPTIM_KEY = "optimizer"
 METADATA = ".metadata"
 
+
+
+@contextlib.contextmanager
+def _single_process_is_meant():
+    """DCP warns "torch.distributed is disabled ... assuming ... a single process" at every save and load of a
+    one-process run, even with no_dist=True; that is exactly what is meant, so keep it off the console."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled, unavailable or uninitialized.*")
+        yield
 
 def _grouped() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -50,7 +62,8 @@ def save_sharded(folder: Path, modules: dict[str, torch.nn.Module], optimizer: t
     """Write `modules` (name -> module; "model" is the trained one) and `optimizer` into the DCP folder `folder`.
     Every rank calls it; without a process group (or with collective=False: this process alone, unsharded
     modules) it writes one shard file."""
-    dcp.save(_live_state(modules, optimizer), checkpoint_id=str(folder), no_dist=not (collective and _grouped()))
+    with _single_process_is_meant():
+        dcp.save(_live_state(modules, optimizer), checkpoint_id=str(folder), no_dist=not (collective and _grouped()))
 
 
 def saved_keys(folder: Path) -> dict:
@@ -102,7 +115,8 @@ def load_sharded(folder: Path, modules: dict[str, torch.nn.Module], optimizer: t
     problem = layout_problem(folder, state)
     if problem:
         raise ScirlError(f"{key}: checkpoint does not fit this model: {problem}")
-    dcp.load(state, checkpoint_id=str(folder), no_dist=not _grouped())
+    with _single_process_is_meant():
+        dcp.load(state, checkpoint_id=str(folder), no_dist=not _grouped())
     for name, module in modules.items():
         if name == MODEL_KEY and optimizer is not None:
             set_state_dict(module, optimizer, model_state_dict=state[MODEL_KEY], optim_state_dict=state[OPTIM_KEY])
@@ -150,5 +164,6 @@ def read_saved(folder: Path, name: str) -> dict[str, torch.Tensor]:
            for k, v in meta.items() if k.startswith(prefix) and isinstance(v, TensorStorageMetadata)}
     if not out:
         raise ScirlError(f"{Path(folder) / METADATA} holds no '{name}' entry")
-    dcp.load({name: out}, checkpoint_id=str(folder), no_dist=True)
+    with _single_process_is_meant():
+        dcp.load({name: out}, checkpoint_id=str(folder), no_dist=True)
     return out
