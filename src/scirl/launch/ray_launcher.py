@@ -47,6 +47,8 @@ from scirl.errors import ScirlError
 from scirl.launch import LAUNCHER_PID, threads_per_rank
 from scirl.launch.ray_reaper import MARKER_VAR, start_reaper, stop_reaper
 from scirl.launch.rank_report import REPORT_DIR, describe_exit, read_report
+
+REPORT_PARENT = "SCIRL_RAY_REPORT_PARENT"  # where rank actors put their report folders (a local instance's temp)
 from scirl.launch.signals import ForwardSignals
 from scirl.launch.torchrun import LaunchFailed
 
@@ -63,7 +65,8 @@ class RankProcess:
     def __init__(self, rank: int) -> None:
         self.proc: Any = None
         self.ended_at: float | None = None
-        self.report_dir = tempfile.mkdtemp(prefix="scirl-rank-")
+        # inside a local instance's temp folder (inherited env), which the reaper removes even after kill -9
+        self.report_dir = tempfile.mkdtemp(prefix="scirl-rank-", dir=os.environ.get(REPORT_PARENT) or None)
         self.rank = rank
         self.lines: list[tuple[int, str]] = []  # (1 stdout | 2 stderr, line) not yet handed to the driver
         self.lock = threading.Lock()
@@ -209,7 +212,8 @@ def ray_session(cfg: Config) -> Iterator[Any]:
 def _local_instance(ray: Any, rc: Any, world: int) -> Iterator[None]:
     temp = tempfile.mkdtemp(prefix="scirl-ray-", dir=os.environ.get("RAY_TMPDIR") or "/tmp")
     marker = secrets.token_hex(8)
-    env = {MARKER_VAR: marker}  # every process of the instance inherits it: the reaper finds them after a kill -9
+    env = {MARKER_VAR: marker,  # every process of the instance inherits it: the reaper finds them after a kill -9
+           REPORT_PARENT: temp}
     if not any(k in os.environ for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
         # token auth as Ray's default, with the token in the environment (inherited by the instance's processes)
         # instead of a file Ray would write to ~/.ray/auth_token and leave there
@@ -308,7 +312,7 @@ def launch_ray(cfg: Config, worker_argv: list[str]) -> int:
                                    "node of the cluster?", 1) from None
             master = (where[0][0], ray.get(actors[0].free_port.remote()))
             extra = {k: v for k, v in os.environ.items()
-                     if k.startswith("SCIRL_") and k not in (LAUNCHER_PID, REPORT_DIR)}
+                     if k.startswith("SCIRL_") and k not in (LAUNCHER_PID, REPORT_DIR, REPORT_PARENT)}
             envs = rank_envs(where, master, threads_per_rank(cfg, rc.num_cpus_per_worker), extra)
             ray.get([a.start.remote(worker_argv, env, os.getcwd()) for a, env in zip(actors, envs)])
             return _watch(ray, actors, where)
