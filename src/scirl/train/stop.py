@@ -23,14 +23,33 @@ class RunStopped(ScirlError):
         self.exit_code = 128 + signum
 
 
-class GracefulStop:
-    """Context manager: while active, SIGTERM / SIGINT set `signum` instead of killing the process (main thread
-    only; elsewhere, and when disabled, the handlers are left alone)."""
+class SignalScope:
+    """Context manager: while active, SIGTERM / SIGINT call `self._handle` (main thread only; elsewhere, and when
+    `enabled` is false, the handlers are left alone); on exit the previous handlers come back. `signum` holds the
+    first signal received."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        if self.enabled and threading.current_thread() is threading.main_thread():
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+class GracefulStop(SignalScope):
+    """While active, SIGTERM / SIGINT set `signum` instead of killing the process; a second one exits at once."""
 
     @property
     def requested(self) -> bool:
@@ -50,14 +69,3 @@ class GracefulStop:
             return  # one line per run, not one per rank
         os.write(2, f"\nscirl: {name} received: stopping after this step with a checkpoint (send it again to exit "
                     "at once)\n".encode())
-
-    def __enter__(self) -> "GracefulStop":
-        if self.enabled and threading.current_thread() is threading.main_thread():
-            for sig in SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
