@@ -60,6 +60,22 @@ class RolloutConfig:
     val_n: int = 8  # verl: rollout.val_kwargs.n
     val_temperature: float = 1.0
     val_top_p: float = 1.0
+    val_engine: str = ""  # the engine validation samples with: hf | vllm | openai ("": rollout.engine)
+    # vllm (colocated in the trainer process; verl's keys)
+    gpu_memory_utilization: float = 0.5  # the share of GPU memory vLLM takes (weights + KV cache)
+    enforce_eager: bool = False  # no CUDA graphs / torch.compile (faster start, slower decoding)
+    free_cache_engine: bool = True  # GPU: sleep the engine (free its KV cache) between rollout and update
+    max_num_seqs: int = 256  # sequences vLLM decodes at once
+    max_model_len: int = 0  # vLLM's context length (0: data.max_prompt_length + rollout.max_new_tokens)
+    # openai: any OpenAI-compatible /v1/completions server (vLLM serve, SGLang, scirl serve)
+    base_url: str = ""  # e.g. http://127.0.0.1:8000/v1
+    api_key_env: str = ""  # the environment variable holding the API key ("": none)
+    max_concurrency: int = 32  # requests in flight at once
+    request_timeout: float = 600.0  # seconds per request
+    max_retries: int = 3  # retries of a failed request (backoff 0.5 s, 1 s, 2 s, ...)
+    # weight sync guard: engine vs trainer log-probs of a fixed probe sequence, every sync_check_freq steps
+    sync_check_freq: int = 50  # 0: never
+    sync_check_tol: float = 0.05  # mean |log-prob diff| above which the run stops
 
 
 @dataclass

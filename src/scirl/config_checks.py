@@ -40,7 +40,10 @@ def validate(cfg: Config) -> None:
     _choice("algorithm.rollout_correction.rollout_is", rc.rollout_is, (None, "token", "sequence"))
     _choice("algorithm.filter_groups.metric", fg.metric, ("acc", "score"))
     _choice("actor.lr_scheduler", act.lr_scheduler, ("constant", "cosine", "linear"))
-    _choice("rollout.engine", r.engine, ("hf",))
+    _choice("rollout.engine", r.engine, ENGINES)
+    _choice("rollout.val_engine", r.val_engine, ("", *ENGINES))
+    if "openai" in (r.engine, r.val_engine) and not r.base_url:
+        raise ScirlError("rollout.engine=openai needs rollout.base_url (e.g. http://127.0.0.1:8000/v1)")
     _choice("trainer.device", t.device, ("auto", "cpu", "cuda"))
     _choice("trainer.launcher", t.launcher, ("torchrun", "ray"))
     _choice("actor.fsdp.param_dtype", act.fsdp.param_dtype, ("auto", "float32", "bfloat16", "float16"))
@@ -76,6 +79,7 @@ def _check_data(cfg: Config) -> None:
 
 
 DISTILL_LOSSES = ("rlsd", "sdpo", "opd_topk")
+ENGINES = ("hf", "vllm", "openai")
 OPD_ESTIMATORS = ("opd_token", "opd_token_plus_grpo")
 
 

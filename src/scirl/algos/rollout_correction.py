@@ -296,3 +296,13 @@ def rollout_correction_metrics(
                 token, seq = _rejected_fracs(kind_mask, valid, mask)
                 out[f"rollout_rs/{kind}/masked_frac"], out[f"rollout_rs/{kind}/seq_masked_frac"] = token, seq
         return out
+
+
+def logprob_diff_metrics(old_lp: torch.Tensor, rollout_lp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """How far the engine's sampling log-probs are from the trainer's recompute of the same tokens (before any
+    update): mean and max |lp_old - lp_rollout| over response tokens. fp32 on one device: ~1e-5; a large value
+    means the engine's weights, dtype or sampling temperature differ from the trainer's."""
+    diff = (old_lp - rollout_lp).abs()[mask > 0]
+    if diff.numel() == 0:
+        return {}
+    return {"rollout/logprob_diff_mean": float(diff.mean()), "rollout/logprob_diff_max": float(diff.max())}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +85,25 @@ class Trajectories:
 
 
 class RolloutEngine(Protocol):
+    """What the step, the run loop and the evaluator ask of an engine (hf, vllm, openai: scirl.rollout.make_engine).
+
+    `shares_module`: the engine samples from the trainer's own module (one-process hf), so there are no weights to
+    push and nothing can go stale. Otherwise `update_weights` gets the full state dict (HF names) after every
+    optimizer step, and `sequence_logprobs` lets the run loop check that the push landed (train/sync_guard.py)."""
+
+    shares_module: bool
+
     def generate(self, prompts: list[list[int]], uids: list[str], sampling: SamplingParams) -> Trajectories: ...
 
-    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None: ...
+    def stream(self, prompts: list[list[int]], uids: list[str], sampling: SamplingParams) -> Iterator[Trajectories]:
+        """The same rows as `generate`, yielded as they finish, whole prompt groups (all n samples of a prompt) per
+        chunk, chunks in any order: the caller scores a chunk while the engine still generates the next."""
+        ...
+
+    def update_weights(self, state_dict: dict[str, torch.Tensor] | None) -> None: ...
+
+    def sequence_logprobs(self, token_ids: list[int], prompt_len: int, temperature: float) -> torch.Tensor:
+        """[len(token_ids) - prompt_len] log pi(token_t | tokens_<t) at `temperature`, as the engine samples."""
+        ...
+
+    def close(self) -> None: ...

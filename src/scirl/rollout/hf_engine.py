@@ -3,6 +3,8 @@ returning token ids and per-token rollout log-probs. Token in, token out: nothin
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -28,8 +30,9 @@ class HFRolloutEngine:
     all-gathers sharded layers (and ranks that stop after different numbers of tokens never wait for each other).
     """
 
-    def __init__(self, model, tokenizer, max_batch_size: int = 1024):
+    def __init__(self, model, tokenizer, max_batch_size: int = 1024, shares_module: bool = True):
         self.model = model
+        self.shares_module = shares_module  # the trainer's own module: nothing to push, nothing can go stale
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.eos_ids = self._eos_ids()
@@ -45,8 +48,8 @@ class HFRolloutEngine:
     @torch.no_grad()
     def update_weights(self, state_dict: dict[str, torch.Tensor] | None) -> None:
         """THE weight-sync point: load the trained weights (full tensors, HF names) into the rollout module, in
-        place. None: the engine samples from the training module itself, so there is nothing to sync."""
-        if state_dict is None:
+        place. None, or an engine that shares the trainer's module: nothing to sync."""
+        if state_dict is None or self.shares_module:
             return
         params = dict(self.model.named_parameters())
         missing = sorted(set(params) - set(state_dict))
@@ -54,6 +57,23 @@ class HFRolloutEngine:
             raise ValueError(f"update_weights: no weights for {missing[:3]} (of {len(missing)})")
         for name, p in params.items():  # tied weights are one parameter: copied once
             p.copy_(state_dict[name].to(device=p.device, dtype=p.dtype))
+
+    @torch.no_grad()
+    def sequence_logprobs(self, token_ids: list[int], prompt_len: int, temperature: float) -> torch.Tensor:
+        """log pi(token_t | tokens_<t) at `temperature` for the tokens after `prompt_len` (the sync guard's probe)."""
+        from scirl.train.logprobs import sequence_logprobs
+
+        device = next(self.model.parameters()).device
+        ids = torch.tensor([token_ids], device=device)
+        was_training = self.model.training
+        self.model.eval()
+        lp, _ = sequence_logprobs(self.model, ids[:, :prompt_len], torch.ones_like(ids[:, :prompt_len]),
+                                  ids[:, prompt_len:], temperature, with_entropy=False)
+        self.model.train(was_training)
+        return lp[0].float().cpu()
+
+    def close(self) -> None:
+        pass
 
     def _shared_prompt_cache(self, rows, width: int, device):
         """Prefill each distinct prompt once (not n times) and fan its KV cache out to its n samples.
@@ -76,6 +96,10 @@ class HFRolloutEngine:
         parts = [self._generate_chunk(rows[i : i + self.max_batch_size], sampling)
                  for i in range(0, len(rows), self.max_batch_size)]
         return Trajectories.concat(parts)
+
+    def stream(self, prompts: list[list[int]], uids: list[str], sampling: SamplingParams) -> Iterator[Trajectories]:
+        """One chunk: `generate`'s batch (placeholder until the overlap work splits it)."""
+        yield self.generate(prompts, uids, sampling)
 
     def _generate_chunk(self, rows, sampling: SamplingParams) -> Trajectories:
         device = next(self.model.parameters()).device

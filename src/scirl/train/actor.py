@@ -69,6 +69,7 @@ class Actor:
         self.loss_kwargs = {k: getattr(act.policy_loss_kwargs, k) for k in names}
         self.skipped_updates = 0  # optimizer steps skipped for a non-finite loss or grad norm (whole run)
         self.sharded = is_sharded(model)
+        self.push_weights = False  # set by build_run when the rollout engine keeps weights of its own
         if self.sharded:  # losses carry global normalisers: FSDP must sum gradients over ranks, not average them
             sum_gradients_over_ranks(model)
         # actor.ppo_mini_batch_size is global: each rank trains on its share of every mini-batch's groups
@@ -79,9 +80,12 @@ class Actor:
 
     def rollout_weights(self) -> dict[str, torch.Tensor] | None:
         """The weights a rollout engine must load after an optimizer step (THE weight-sync point): the full,
-        unsharded state dict (one all-gather per parameter, on every rank) when the policy is FSDP-sharded; None
-        when the engine samples from this very module (one process: nothing to copy)."""
-        return full_state_dict(self.model) if self.sharded else None
+        unsharded state dict (one all-gather per parameter, on every rank) when the policy is FSDP-sharded or the
+        engine holds weights of its own (`push_weights`: vLLM, a server); None when the engine samples from this
+        very module (one process, hf: nothing to copy)."""
+        if self.sharded:
+            return full_state_dict(self.model)
+        return {k: v.detach() for k, v in self.model.state_dict().items()} if self.push_weights else None
 
     def _rows(self, traj: Trajectories, idx: torch.Tensor):
         dev = self.device()

@@ -16,7 +16,8 @@ from scirl.algos import make_kl_controller
 from scirl.config import Config
 from scirl.data.pipeline import load_prompt_set, make_sampler, require_rewards, tokenize_prompt_set
 from scirl.rewards import RewardPool
-from scirl.rollout.hf_engine import HFRolloutEngine
+from scirl.rollout import make_engine
+from scirl.rollout.base import RolloutEngine
 from scirl.train.actor import Actor
 from scirl.train.distill import make_teacher
 from scirl.train.fsdp import enable_gradient_checkpointing, shard_model
@@ -32,7 +33,7 @@ class RunParts:
     model: torch.nn.Module  # the policy (sharded when `sharded`)
     tokenizer: object
     actor: Actor
-    engine: HFRolloutEngine
+    engine: RolloutEngine
     reference: FrozenReference | None
     teacher: object | None  # EMATeacher | FrozenReference | ExternalTeacher | None
     kl_ctrl: object | None
@@ -41,6 +42,12 @@ class RunParts:
     train_ps: object
     val_ps: object
     sharded: bool
+    rollout_model: torch.nn.Module  # the module with full weights that model/ is saved from (the policy, unsharded)
+    val_engine: RolloutEngine | None = None  # validation's engine when rollout.val_engine names another one
+
+    @property
+    def validation_engine(self) -> RolloutEngine:
+        return self.val_engine or self.engine
 
     def next_prompts(self):
         """This rank's share of the next global batch (every rank draws the same batch: same sampler, same seed):
@@ -52,7 +59,14 @@ class RunParts:
 
     def sync_rollout(self) -> None:
         """Load the actor's current weights into the rollout engine (after weights change outside a step)."""
-        self.engine.update_weights(self.actor.rollout_weights())
+        weights = self.actor.rollout_weights()
+        for engine in {id(e): e for e in (self.engine, self.val_engine) if e is not None}.values():
+            engine.update_weights(weights)
+
+    def close(self) -> None:
+        for engine in (self.val_engine, self.engine):
+            if engine is not None:
+                engine.close()
 
 
 def build_run(cfg: Config, init_path: str) -> RunParts:
@@ -91,7 +105,14 @@ def build_run(cfg: Config, init_path: str) -> RunParts:
     if sharded:
         shard_model(model, cfg.actor.fsdp, device)
     actor = Actor(model, cfg)
-    engine = HFRolloutEngine(rollout_model, tokenizer)
+    r = cfg.rollout
+    engine = make_engine(r.engine, cfg, rollout_model, tokenizer, resolve_model_path(init_path), not sharded)
+    val_engine = None
+    if r.val_engine and r.val_engine != r.engine:
+        val_engine = make_engine(r.val_engine, cfg, rollout_model, tokenizer, resolve_model_path(init_path),
+                                 not sharded)
+    # an engine with weights of its own (vLLM, a server, the rollout copy under FSDP) gets them after every step
+    actor.push_weights = any(not e.shares_module for e in (engine, val_engine) if e is not None)
     sampler = make_sampler(train_ps, d.train_batch_size, d.seed, d.shuffle)
     return RunParts(cfg, model, tokenizer, actor, engine, reference, teacher, kl_ctrl, pool, sampler, train_ps,
-                    val_ps, sharded)
+                    val_ps, sharded, rollout_model, val_engine)

@@ -29,6 +29,7 @@ from scirl.train.build import build_run
 from scirl.train.rank_metrics import reduce_step_metrics
 from scirl.train.run_folder import RunLock, RunStart, prepare_run
 from scirl.train.step import StepContext, train_step
+from scirl.train.sync_guard import SyncGuard
 from scirl.train.stop import GracefulStop, RunStopped
 
 
@@ -147,8 +148,12 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
     val_sampling = SamplingParams(cfg.rollout.val_n, cfg.rollout.val_temperature, cfg.rollout.val_top_p,
                                   cfg.rollout.max_new_tokens)
 
+    val_engine = parts.validation_engine
+
     def validate(step: int) -> dict:
-        report, records = evaluate(engine, pool, val_ps.samples, val_ps.ids, val_sampling, f"{d.val}-val",
+        if val_engine is not engine and not val_engine.shares_module:  # pushed here, only when it samples
+            val_engine.update_weights(actor.rollout_weights())
+        report, records = evaluate(val_engine, pool, val_ps.samples, val_ps.ids, val_sampling, f"{d.val}-val",
                                    seed=t.seed + 7919, reward_info=cfg.reward.kwargs)  # sharded over ranks
         report["step"] = step
         if main:
@@ -161,17 +166,23 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
             "skipped_updates": actor.skipped_updates, "config": config_dict,
             "kl_ctrl": parts.kl_ctrl.state_dict() if parts.kl_ctrl is not None else None,
         }, optimizer=actor.optimizer, modules=_saved_modules(cfg, parts.teacher), save_hf=t.save_hf,
-            hf_model=engine.model if parts.sharded else None)
+            hf_model=parts.rollout_model if parts.sharded else None)
         if main:
             prune_checkpoints(run_dir, t.keep_last)
         return path
 
     ctx = StepContext(cfg, actor, engine, pool, parts.next_prompts, parts.reference, parts.kl_ctrl, parts.teacher,
                       parts.tokenizer)
+    r = cfg.rollout
+    guard = SyncGuard(engine, actor, parts.tokenizer, train_ps.ids[0], r.temperature, r.sync_check_freq,
+                      r.sync_check_tol)
     _note(f"train: {describe(train_ps)}\nval: {describe(val_ps)}")
     done, saved = start.step, start.ckpt  # the last completed step, the newest checkpoint of this run
     stopped = 0  # the signal that stopped the run (on any rank), 0 while none did
-    with pool, (MetricsWriter(run_dir) if main else contextlib.nullcontext()) as writer:
+    with pool, contextlib.closing(parts), (MetricsWriter(run_dir) if main else contextlib.nullcontext()) as writer:
+        if guard.active:  # before the first step too: a mismatch (dtype, tokenizer, weights) stops the run at once
+            _note(f"rollout weight sync check before step {start.step + 1}: mean |log-prob diff| "
+                  f"{guard.check(0)['rollout/sync_logprob_diff']:.2e}")
         before = _read_eval(run_dir / "eval" / "step_0.json") if start.step else validate(0)
         if before is not None:
             _note(f"step 0 validation: {_fmt(before)}")
@@ -182,7 +193,9 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
                 if stopped:
                     break
                 ctx.step = step
-                metrics = reduce_step_metrics(train_step(ctx))
+                metrics = train_step(ctx)
+                metrics.update(guard.check(step))  # after the step's weight push
+                metrics = reduce_step_metrics(metrics)
                 metrics["data/epoch"] = parts.sampler.epoch
                 if main:
                     writer.write(step, metrics)

@@ -40,7 +40,11 @@ OPERATIONAL = ("trainer.total_steps", "trainer.test_freq", "trainer.save_freq", 
                "trainer.resume", "trainer.overwrite", "trainer.output_dir", "trainer.run_name",
                "reward.workers", "reward.timeout", "data.data_dir", "trainer.nproc_per_node", "trainer.nnodes",
                "trainer.launcher", "trainer.save_hf", "ray.", "actor.fsdp.offload", "actor.fsdp.reshard_after_forward",
-               "actor.gradient_checkpointing", "actor.logprobs_chunk_size")
+               "actor.gradient_checkpointing", "actor.logprobs_chunk_size", "rollout.engine", "rollout.val_engine",
+               "rollout.gpu_memory_utilization", "rollout.enforce_eager", "rollout.free_cache_engine",
+               "rollout.max_num_seqs", "rollout.max_model_len", "rollout.base_url", "rollout.api_key_env",
+               "rollout.max_concurrency", "rollout.request_timeout", "rollout.max_retries", "rollout.sync_check_freq",
+               "rollout.sync_check_tol")
 FIXED = ("model.", "data.train", "data.train_size", "data.seed", "data.shuffle", "data.dedup", "data.template",
          "data.system_prompt", "data.max_prompt_length", "data.truncation", "data.fields", "data.enable_thinking",
          "trainer.seed", "distill.teacher", "distill.teacher_path")

@@ -12,6 +12,7 @@ import torch
 
 from scirl.algos import get_advantage_estimator, kl_penalty, opd_token_rewards
 from scirl.algos.rollout_correction import (
+    logprob_diff_metrics,
     normalize_is_weights,
     rollout_correction_metrics,
     rollout_is_weights,
@@ -19,6 +20,7 @@ from scirl.algos.rollout_correction import (
 )
 from scirl.config import Config
 from scirl.config_checks import OPD_ESTIMATORS
+from scirl.rollout.base import RolloutEngine
 from scirl.train.distill import build_teacher_batch, ema_update
 from scirl.train.rollout_batch import RolloutBatch, collect_batch
 
@@ -27,7 +29,7 @@ from scirl.train.rollout_batch import RolloutBatch, collect_batch
 class StepContext:
     cfg: Config
     actor: object  # scirl.train.actor.Actor
-    engine: object  # a RolloutEngine
+    engine: RolloutEngine
     reward_pool: object  # scirl.rewards.RewardPool
     next_prompts: Callable | None = None  # () -> (samples, prompt_ids): the next train_batch_size prompts
     reference: object | None = None  # scirl.train.teachers.FrozenReference, when a KL term needs it
@@ -45,8 +47,10 @@ def train_step(ctx: StepContext) -> dict[str, float]:
 
     rc, opd = alg.rollout_correction, alg.adv_estimator in OPD_ESTIMATORS
     needs_old = (ctx.actor.needs_old_logprobs(len(traj)) or rc.rollout_is or rc.rollout_rs or alg.use_kl_in_reward
-                 or opd)
+                 or opd or not ctx.engine.shares_module)  # another engine's log-probs are not the trainer's (verl)
     old_lp = ctx.actor.logprobs(traj) if needs_old else None
+    if old_lp is not None:  # engine vs trainer log-probs of the sampled tokens
+        metrics.update(logprob_diff_metrics(old_lp, traj.rollout_logprobs, traj.response_mask))
     ref_lp = ctx.reference.logprobs(traj) if cfg.actor.use_kl_loss or alg.use_kl_in_reward else None
     teacher = None if ctx.teacher is None else build_teacher_batch(
         cfg, ctx.teacher, ctx.tokenizer, traj, batch.samples, batch.scores, metrics)  # reprompts + teacher lp
