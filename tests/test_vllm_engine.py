@@ -154,3 +154,23 @@ def test_validation_on_vllm_while_training_on_hf(tmp_path):
     evals = sorted((tmp_path / "t" / "eval").glob("step_*.json"))
     assert [p.name for p in evals] == ["step_0.json", "step_2.json", "step_3.json"]
     assert "rollout/sync_logprob_diff" not in rows[0]  # hf shares the trainer's module: nothing to check
+
+
+def test_two_fsdp_ranks_each_with_a_vllm_engine_get_the_gathered_weights(tmp_path):
+    rows, out = _train(tmp_path, "trainer.nproc_per_node=2")
+    assert "rollout weight sync check before step 1" in out
+    for r in rows:  # each rank's engine loaded the full weights gathered from the FSDP shards after every step
+        assert r["rollout/sync_logprob_diff"] < 1e-4 and r["rollout/logprob_diff_mean"] < 1e-4
+
+
+def test_engine_creation_keeps_the_trainers_random_streams():
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    cfg = load_config(None, ["rollout.engine=vllm", "rollout.enforce_eager=true", "trainer.seed=99"])
+    _, tok = load_model_and_tokenizer(PATH)
+    eng = make_engine("vllm", cfg, None, tok, PATH, shares_module=False)
+    try:
+        assert torch.equal(torch.rand(3), expected)
+    finally:
+        eng.close()

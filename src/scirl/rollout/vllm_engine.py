@@ -40,6 +40,27 @@ def _kv_cache_gib(hf_config, max_num_seqs: int, max_model_len: int, dtype: str) 
     return max(KV_CACHE_MIN_GIB, math.ceil(per_token * max_num_seqs * max_model_len / 2**30))
 
 
+def _rng_states() -> tuple:
+    import random
+
+    import numpy as np
+
+    return random.getstate(), np.random.get_state(), torch.random.get_rng_state(), \
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+
+def _restore_rng(states: tuple) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate(states[0])
+    np.random.set_state(states[1])
+    torch.random.set_rng_state(states[2])
+    if states[3] is not None:
+        torch.cuda.set_rng_state_all(states[3])
+
+
 class VLLMRolloutEngine:
     """Samples with an in-process `vllm.LLM`; see the module docstring."""
 
@@ -69,6 +90,7 @@ class VLLMRolloutEngine:
         from vllm import LLM
 
         sleep_between = on_gpu and r.free_cache_engine
+        rng = _rng_states()  # an in-process vLLM seeds the global RNGs with its seed: keep the trainer's streams
         try:
             llm = LLM(model=model_path, tokenizer=model_path, dtype=cfg.model.dtype, seed=cfg.trainer.seed,
                       gpu_memory_utilization=r.gpu_memory_utilization, enforce_eager=r.enforce_eager,
@@ -77,6 +99,8 @@ class VLLMRolloutEngine:
         except Exception as e:  # noqa: BLE001 - vLLM raises many kinds; one line naming the model
             raise ScirlError(f"rollout.engine=vllm: cannot start vLLM on {model_path}: "
                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        finally:
+            _restore_rng(rng)
         try:
             generation_config = GenerationConfig.from_pretrained(model_path)
         except OSError:
@@ -176,4 +200,8 @@ class VLLMRolloutEngine:
             self.sleeping -= set(asleep)
 
     def close(self) -> None:
-        self.llm = None
+        """Shut the engine core down now, while the run's process group still exists (vLLM tears its groups down
+        then; at interpreter exit, after the trainer's group is gone, that teardown fails)."""
+        if self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
