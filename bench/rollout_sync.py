@@ -56,7 +56,7 @@ def _worker(rank: int, world: int, port: int, args, queue) -> None:
     rollout = copy.deepcopy(model)
     shard_model(model, FsdpConfig(), "cpu")
     engine = HFRolloutEngine.__new__(HFRolloutEngine)  # only its weight sync is measured here
-    engine.model = rollout
+    engine.model, engine.shares_module = rollout, False
     g = torch.Generator().manual_seed(rank)
     prompts = torch.randint(5, model.config.vocab_size, (args.batch, 16), generator=g)
     rows = []

@@ -91,7 +91,7 @@ def _worker(rank, world, port, tmp, out):
         finally:
             actor_module.dist.all_reduce_sum = reduce
         teacher.update(model, 0.25)
-        engine = HFRolloutEngine(rollout, tok)
+        engine = HFRolloutEngine(rollout, tok, shares_module=False)
         engine.update_weights(actor.rollout_weights())  # the weight-sync point
         trained = full_state_dict(model)
         synced = all(torch.equal(p, trained[n]) for n, p in rollout.named_parameters())
