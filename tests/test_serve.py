@@ -234,7 +234,7 @@ def test_bad_requests_and_unknown_paths(tiny_server):
     status, err = http("POST", url + "/v1/chat/completions", body)
     assert status == 404 and err["error"]["code"] == "model_not_found"
     assert http("GET", url + "/nope")[0] == 404
-    status, err = http("POST", url + "/v1/completions", {"prompt": "x"})
+    status, err = http("POST", url + "/v1/embeddings", {"input": "x"})
     assert status == 404 and "message" in err["error"]
 
 
@@ -260,7 +260,7 @@ def test_help_lists_every_flag(capsys):
 
     flags = [s for action in _parser()._actions for s in action.option_strings]
     assert {"--model", "--host", "--port", "--served-model-name", "--device", "--dtype", "--threads",
-            "--max-tokens", "--log-requests"} <= set(flags)
+            "--max-tokens", "--read-only", "--log-requests"} <= set(flags)
     for call in (lambda: cli.main(["serve", "--help"]), lambda: cli.main(["serve", "-h"]), lambda: main(["--help"])):
         assert call() == 0
         out = capsys.readouterr().out

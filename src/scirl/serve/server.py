@@ -1,18 +1,29 @@
-"""`scirl serve`: an OpenAI-compatible chat-completions server over transformers `generate`.
+"""`scirl serve`: an OpenAI-compatible server over transformers `generate` (chat for a judge; token-level completions,
+tokenize and weight updates for a trainer: rollout.engine=openai).
 
 Endpoints:
   POST /v1/chat/completions  {"model", "messages", "temperature", "top_p", "max_tokens", "min_tokens", "n", "seed",
                              "stop", "chat_template_kwargs"} -> {"id", "object": "chat.completion", "created",
                              "model", "choices": [{"index", "message": {"role": "assistant", "content"},
                              "finish_reason"}], "usage": {"prompt_tokens", "completion_tokens", "total_tokens"}}
+  POST /v1/completions       {"model", "prompt": token ids | string, "n", "temperature", "top_p", "max_tokens", "seed",
+                             "logprobs", "echo", "return_token_ids", "return_tokens_as_token_ids"} ->
+                             {"object": "text_completion", "choices": [{"index", "text", "finish_reason", "logprobs":
+                             {"tokens", "token_logprobs", "top_logprobs", "text_offset"}, "token_ids",
+                             "prompt_token_ids"}], "usage"}; log-probs at the sampling temperature
+                             (serve/completions.py)
+  POST /tokenize             {"prompt", "add_special_tokens"} -> {"tokens", "count", "max_model_len"}
+  POST /update_weights       {"path": a safetensors file of the model's full state dict} -> {"status": "ok", "loaded"}
+                             (403 with --read-only)
   GET  /v1/models            {"object": "list", "data": [{"id", "object": "model", "created", "owned_by"}]}
-  GET  /health               {"status": "ok", "model", "in_flight", "generated_tokens"} (503 "stopping" once stopping)
+  GET  /health               {"status": "ok", "model", "update_weights", "in_flight", "generated_tokens"}
+                             (503 "stopping" once stopping)
 
 The prompt is the model's chat template with add_generation_prompt; temperature 0 is greedy. One request is
 generated at a time (a lock); HTTP handling is threaded. Bad requests get 400 with an OpenAI-style
 {"error": {"message", "type", "param", "code"}} body, unknown paths 404, a model name that is not served 404.
-`max_tokens` is clamped to the model's context (finish_reason "length" when that cut the answer). Streaming,
-tools and logprobs are not supported.
+`max_tokens` is clamped to the model's context (finish_reason "length" when that cut the answer). Streaming and
+tools are not supported; chat completions have no logprobs.
 
 Lifetime: the port is bound before the model loads (a busy port fails at once). SIGTERM or SIGINT stops
 accepting connections, cancels running generations at their next token (their clients get 503
@@ -34,23 +45,27 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from scirl.errors import ScirlError
+from scirl.serve import completions
 from scirl.serve.api import MAX_BODY_BYTES, RequestError, error_body, parse_chat_request
 from scirl.serve.model import SHUTDOWN, Cancelled, ChatModel, Watch
 
 __all__ = ["USAGE", "ChatServer", "help_text", "main", "parse_chat_request", "serve"]
 
 USAGE = """scirl serve [--model PATH] [--host 127.0.0.1] [--port 8000] [--served-model-name NAME] [--device auto]
-            [--dtype float32] [--threads N] [--max-tokens 256] [--log-requests]
+            [--dtype float32] [--threads N] [--max-tokens 256] [--read-only] [--log-requests]
 
 Serve a model folder, a hub id or a bundled model (default builtin:tiny-qwen3) behind an OpenAI-compatible API:
-POST /v1/chat/completions, GET /v1/models, GET /health. --port 0 picks a free port. Prints
+POST /v1/chat/completions, POST /v1/completions (token ids and log-probs, for rollout.engine=openai),
+POST /tokenize, POST /update_weights (not with --read-only), GET /v1/models, GET /health. --port 0 picks a free
+port. Prints
 `serving <model> on http://HOST:PORT` once ready; SIGTERM or Ctrl-C stop it (running generations are cancelled,
 exit 0). Point the `judge` reward at it with reward info endpoint=http://HOST:PORT/v1 (or env
 SCIRL_JUDGE_ENDPOINT)."""
 
+POST_PATHS = ("/v1/chat/completions", "/v1/completions", "/tokenize", "/update_weights")
 STOP_DEADLINE_S = 30.0  # after a stop signal, how long open requests get to answer before a hard exit
 
 
@@ -60,8 +75,9 @@ class ChatServer(HTTPServer):
     `chat` (the ChatModel) may be set after construction: the socket is bound and listening first."""
 
     def __init__(self, address: tuple[str, int], model_id: str, aliases: set[str], log_requests: bool = False,
-                 stopping: threading.Event | None = None, chat: ChatModel | None = None):
+                 stopping: threading.Event | None = None, chat: ChatModel | None = None, read_only: bool = False):
         self.chat, self.model_id, self.log_requests = chat, model_id, log_requests
+        self.read_only = read_only  # refuses POST /update_weights (a frozen teacher, an eval target)
         self.served_names = {model_id} | aliases
         self.created = int(time.time())
         self.stopping = stopping or threading.Event()
@@ -176,12 +192,12 @@ class Handler(BaseHTTPRequestHandler):
                 stats = {"in_flight": srv.in_flight, "generated_tokens": srv.generated_tokens}
             stopping = srv.stopping.is_set()
             self._send(503 if stopping else 200, {"status": "stopping" if stopping else "ok", "model": srv.model_id,
-                                                  **stats})
+                                                  "update_weights": not srv.read_only, **stats})
         elif path == "/v1/models":
             self._send(200, {"object": "list", "data": [{"id": srv.model_id, "object": "model",
                                                          "created": srv.created, "owned_by": "scirl"}]})
-        elif path == "/v1/chat/completions":
-            self._error(405, "use POST for /v1/chat/completions")
+        elif path in POST_PATHS:
+            self._error(405, f"use POST for {path}")
         else:
             self._error(404, f"unknown path {path!r}", code="not_found")
 
@@ -204,16 +220,39 @@ class Handler(BaseHTTPRequestHandler):
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise RequestError(f"the request body is not valid JSON: {e}") from None
 
-    def _generate(self, req: dict) -> tuple[list[tuple[str, str, int]], int]:
-        """Wait for the model (cancelled meanwhile by a stop or a disconnect), then generate under a Watch."""
+    def _locked(self, run: Callable[[Watch], Any]) -> Any:
+        """Wait for the model (cancelled meanwhile by a stop or a disconnect), then `run(watch)` holding its lock."""
         srv = self.server
         watch = Watch(srv.stopping, self.connection, srv.count_tokens)
         while not srv.chat.lock.acquire(timeout=0.05):
             watch.raise_if_cancelled()
         try:
-            return srv.chat.complete(req, watch)
+            return run(watch)
         finally:
             srv.chat.lock.release()
+
+    def _token_level(self, path: str, body: Any) -> dict:
+        """The answer to POST /v1/completions, /tokenize or /update_weights (raises RequestError, Cancelled)."""
+        srv = self.server
+        if path == "/tokenize":
+            return completions.tokenize(srv.chat, body, srv.served_names)
+        if path == "/update_weights":
+            if srv.read_only:
+                raise RequestError("this server is read-only (scirl serve --read-only): it does not take weights",
+                                   status=403, code="read_only")
+            weights = completions.parse_update_request(body)
+            loaded = self._locked(lambda _watch: completions.load_weights(srv.chat, weights))
+            srv.log(f"loaded {loaded} tensors from {weights}")
+            return {"status": "ok", "loaded": loaded}
+        req = completions.parse_completion_request(body, srv.served_names)
+        if srv.stopping.is_set():
+            raise Cancelled(SHUTDOWN, 0)
+        choices, prompt_tokens, completion_tokens = self._locked(
+            lambda watch: completions.complete_tokens(srv.chat, req, watch))
+        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": srv.model_id, "choices": choices,
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens}}
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib naming
         with self.server.tracking():
@@ -223,13 +262,16 @@ class Handler(BaseHTTPRequestHandler):
         path = self._path()
         try:
             body = self._read_json()  # always consume the body, so a keep-alive connection stays in sync
-            if path != "/v1/chat/completions":
+            if path not in POST_PATHS:
                 self._error(404, f"unknown path {path!r}", code="not_found")
+                return
+            if path != "/v1/chat/completions":
+                self._send(200, self._token_level(path, body))
                 return
             req = parse_chat_request(body, self.server.served_names)
             if self.server.stopping.is_set():
                 raise Cancelled(SHUTDOWN, 0)
-            choices, prompt_tokens = self._generate(req)
+            choices, prompt_tokens = self._locked(lambda watch: self.server.chat.complete(req, watch))
         except RequestError as e:
             self._error(e.status, str(e), e.type, e.param, e.code)
             return
@@ -275,6 +317,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--threads", type=int, default=0, metavar="N", help="torch CPU threads (0: torch's default)")
     p.add_argument("--max-tokens", type=int, default=256, metavar="N", help="max_tokens when a request gives none")
+    p.add_argument("--read-only", action="store_true",
+                   help="refuse POST /update_weights (a frozen teacher or an eval target); /health says so")
     p.add_argument("--log-requests", action="store_true", help="log each request to stderr")
     return p
 
@@ -296,7 +340,8 @@ def serve(args: argparse.Namespace, ready: threading.Event | None = None, stop: 
     model_id = args.served_model_name or args.model
     stop = stop or threading.Event()
     try:  # bind before loading the model: a busy port is reported at once
-        httpd = ChatServer((args.host, args.port), model_id, {args.model}, args.log_requests, stopping=stop)
+        httpd = ChatServer((args.host, args.port), model_id, {args.model}, args.log_requests, stopping=stop,
+                           read_only=args.read_only)
     except OSError as e:
         raise ScirlError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
     previous = {}
