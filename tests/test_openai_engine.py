@@ -164,3 +164,14 @@ def test_read_only_server_samples_but_refuses_training(tmp_path, tiny_model_and_
             eng.update_weights({})
         eng.update_weights(None)  # nothing to push is not an error
         eng.close()
+
+
+def test_the_trainer_seed_makes_server_rollouts_repeat(engine, tiny_model_and_tokenizer):
+    tok = tiny_model_and_tokenizer[1]
+    prompts = [chat_prompt(tok, q) for q in ("a", "bb", "ccc")]
+    sampling = SamplingParams(n=3, temperature=1.0, max_new_tokens=12)
+    runs = []
+    for seed in (5, 5, 6):
+        torch.manual_seed(seed)  # each request's seed is drawn from the trainer's RNG
+        runs.append(engine.generate(prompts, ["x", "y", "z"], sampling).response_ids)
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])

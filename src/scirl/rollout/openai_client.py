@@ -103,7 +103,8 @@ class OpenAIClient:
                 with e:
                     message = _error_message(e.read())
                 if e.code not in RETRYABLE_STATUS:
-                    raise HTTPStatusError(f"rollout.engine=openai: {method} {url} failed: HTTP {e.code}: {message}", e.code) from None
+                    raise HTTPStatusError(f"rollout.engine=openai: {method} {url} failed: HTTP {e.code}: {message}",
+                                          e.code) from None
                 last = f"HTTP {e.code}: {message}"
             except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError,
                     http.client.HTTPException) as e:

@@ -125,12 +125,12 @@ class OpenAIRolloutEngine:
                              f"{len(theirs) if isinstance(theirs, list) else theirs!r} there): serve the same model")
 
     # ------------------------------------------------------------------------------------------ sampling
-    def _body(self, prompt: list[int], sampling: SamplingParams) -> dict:
-        return {"model": self.model_name, "prompt": list(prompt), "n": sampling.n,
+    def _body(self, prompt: list[int], sampling: SamplingParams, seed: int) -> dict:
+        return {"model": self.model_name, "prompt": list(prompt), "n": sampling.n, "seed": seed,
                 "temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_new_tokens,
                 "logprobs": 0, "return_token_ids": True, "return_tokens_as_token_ids": True}
 
-    def _group(self, prompt: list[int], uid: str, sampling: SamplingParams) -> Trajectories:
+    def _group(self, prompt: list[int], uid: str, sampling: SamplingParams, seed: int) -> Trajectories:
         """One prompt's n samples: one request (retried), rows as the hf engine builds them."""
         url = self.client.url("/completions")
         parsed: list[tuple[list[int], list[float], bool]] = []
@@ -145,7 +145,7 @@ class OpenAIRolloutEngine:
                 ids = _token_ids(choice, url)
                 parsed.append((ids, _token_logprobs(choice, len(ids), url), choice.get("finish_reason") == "length"))
 
-        self.client.request("POST", url, self._body(prompt, sampling), check=check)
+        self.client.request("POST", url, self._body(prompt, sampling, seed), check=check)
         n, width = len(parsed), max(len(ids) for ids, _, _ in parsed)
         response_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
         response_mask = torch.zeros((n, width))
@@ -163,11 +163,14 @@ class OpenAIRolloutEngine:
 
     def _groups(self, prompts: list[list[int]], uids: list[str], sampling: SamplingParams
                 ) -> Iterator[tuple[int, Trajectories]]:
-        """(prompt index, its group) as requests complete; the first failure cancels what has not started."""
+        """(prompt index, its group) as requests complete; the first failure cancels what has not started. Each
+        request carries a seed drawn from this process's torch RNG (seeded by the trainer), so a server that
+        honours seeds (scirl serve, vLLM) samples the same rows for the same run."""
+        seeds = torch.randint(0, 2**31 - 1, (len(prompts),)).tolist()
         pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, max(1, len(prompts))),
                                   thread_name_prefix="scirl-openai")
         try:
-            futures: dict[Future, int] = {pool.submit(self._group, p, u, sampling): i
+            futures: dict[Future, int] = {pool.submit(self._group, p, u, sampling, seeds[i]): i
                                           for i, (p, u) in enumerate(zip(prompts, uids))}
             pending = set(futures)
             while pending:
