@@ -192,7 +192,10 @@ class OpenAIRolloutEngine:
     # ------------------------------------------------------------------------------------------ weights
     def sequence_logprobs(self, token_ids: list[int], prompt_len: int, temperature: float) -> torch.Tensor:
         """The server's log pi of token_ids[prompt_len:] at `temperature`: the prompt's echoed log-probs (legacy
-        OpenAI `echo` with `logprobs`; one token generated, as servers that refuse max_tokens=0 need)."""
+        OpenAI `echo` with `logprobs`; one token generated, as servers that refuse max_tokens=0 need). `scirl serve`
+        applies the request's temperature to echoed log-probs as to sampled ones; vLLM's prompt log-probs are raw
+        (its processed_logprobs mode does not cover prompts), which matters only at temperature != 1 and only for
+        a server that takes weights, i.e. the sync guard of a training run: today that is `scirl serve`."""
         url = self.client.url("/completions")
         n = len(token_ids)
         body = {"model": self.model_name, "prompt": list(token_ids), "max_tokens": 1, "echo": True, "logprobs": 0,
