@@ -120,10 +120,10 @@ def free_port() -> int:
 def test_server_down_is_retried_then_one_line(tiny_model_and_tokenizer, tmp_path):
     tok = tiny_model_and_tokenizer[1]
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    msg = failing(lambda: engine_for(url, tok).generate([[1, 2]], ["p"], SAMPLING), url, BACKOFF + 2.0)
+    msg = failing(lambda: engine_for(url, tok).generate([[1, 2]], ["p"], SAMPLING), url, BACKOFF + 3.0)
     assert msg.startswith(f"rollout.engine=openai: POST {url}/v1/completions failed after 3 attempt(s): ")
     assert "ConnectionRefusedError" in msg
-    msg = failing(lambda: OpenAIRolloutEngine.from_config(cfg_for(url, tmp_path), tok), url, BACKOFF + 2.0)
+    msg = failing(lambda: OpenAIRolloutEngine.from_config(cfg_for(url, tmp_path), tok), url, BACKOFF + 3.0)
     assert f"GET {url}/v1/models failed after 3 attempt(s)" in msg
 
 
@@ -136,7 +136,7 @@ def test_bad_answers_are_retried_then_one_line(tiny_model_and_tokenizer, mode, e
     tok = tiny_model_and_tokenizer[1]
     with Fake(mode) as fake:
         # (retries + 1) x timeout + backoff, and slack for two shared cores
-        bound = (RETRIES + 1) * TIMEOUT + BACKOFF + 2.0
+        bound = (RETRIES + 1) * TIMEOUT + BACKOFF + 3.0
         msg = failing(lambda: engine_for(fake.url, tok).generate([[1, 2], [3]], ["p", "q"], SAMPLING), fake.url,
                       bound)
         assert msg.startswith(f"rollout.engine=openai: POST {fake.url}/v1/completions failed after 3 attempt(s): ")
