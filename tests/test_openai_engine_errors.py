@@ -159,7 +159,7 @@ def test_a_server_with_another_tokenizer_is_refused_at_start(tiny_model_and_toke
     tok = tiny_model_and_tokenizer[1]
     with Fake("500", tokens=[1, 2, 3]) as fake:
         msg = failing(lambda: OpenAIRolloutEngine.from_config(cfg_for(fake.url, tmp_path), tok), fake.url, 2.0)
-        assert "tokenizes differently from model.path's tokenizer" in msg and "3 there" in msg
+        assert "tokenizes differently from model.path's tokenizer" in msg and "3 there, the first difference at id 0" in msg
     same = tok.encode(TOKENIZER_PROBE + (tok.eos_token or ""), add_special_tokens=False)
     with Fake("500", tokens=same) as fake:  # the probe tokenized as the engine does: accepted, no warning
         assert OpenAIRolloutEngine.from_config(cfg_for(fake.url, tmp_path), tok).model_name == "fake"

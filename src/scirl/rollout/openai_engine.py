@@ -120,9 +120,11 @@ class OpenAIRolloutEngine:
             return
         theirs = answer.get("tokens") if isinstance(answer, dict) else None
         if theirs != ours:
+            theirs = list(theirs) if isinstance(theirs, list) else []
+            at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
             raise ScirlError(f"rollout.engine=openai: the server at {self.client.root} tokenizes differently from "
-                             f"model.path's tokenizer (a probe text: {len(ours)} ids here, "
-                             f"{len(theirs) if isinstance(theirs, list) else theirs!r} there): serve the same model")
+                             f"model.path's tokenizer (a probe text: {len(ours)} ids here, {len(theirs)} there, the "
+                             f"first difference at id {at}): serve the same model")
 
     # ------------------------------------------------------------------------------------------ sampling
     def _body(self, prompt: list[int], sampling: SamplingParams, seed: int) -> dict:
