@@ -29,6 +29,7 @@ import torch
 
 from scirl import dist
 from scirl.errors import ScirlError
+from scirl.rollout.assemble import Sample, to_trajectories
 from scirl.rollout.base import SamplingParams, Trajectories
 from scirl.rollout.openai_client import BadResponse, HTTPStatusError, OpenAIClient
 
@@ -148,20 +149,9 @@ class OpenAIRolloutEngine:
                 parsed.append((ids, _token_logprobs(choice, len(ids), url), choice.get("finish_reason") == "length"))
 
         self.client.request("POST", url, self._body(prompt, sampling, seed), check=check)
-        n, width = len(parsed), max(len(ids) for ids, _, _ in parsed)
-        response_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        response_mask = torch.zeros((n, width))
-        logprobs = torch.zeros((n, width))
-        for i, (ids, lps, _) in enumerate(parsed):  # EOS (when the server stopped on one) is part of the response
-            response_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            response_mask[i, : len(ids)] = 1.0
-            logprobs[i, : len(ids)] = torch.tensor(lps)
-        texts = self.tokenizer.batch_decode([ids for ids, _, _ in parsed], skip_special_tokens=True)
-        return Trajectories(
-            prompt_ids=torch.tensor([list(prompt)] * n, dtype=torch.long).reshape(n, len(prompt)),
-            prompt_mask=torch.ones((n, len(prompt)), dtype=torch.long), response_ids=response_ids,
-            response_mask=response_mask, rollout_logprobs=logprobs, uid=[uid] * n, sample_index=list(range(n)),
-            truncated=torch.tensor([t for _, _, t in parsed], dtype=torch.bool), texts=texts, pad_id=self.pad_id)
+        # EOS (when the server stopped on one) is part of the response
+        return to_trajectories([Sample(list(prompt), uid, i, ids, lps, cut) for i, (ids, lps, cut) in enumerate(parsed)],
+                               self.pad_id, self.tokenizer)
 
     def _groups(self, prompts: list[list[int]], uids: list[str], sampling: SamplingParams
                 ) -> Iterator[tuple[int, Trajectories]]:

@@ -63,8 +63,8 @@ def _content_text(content: Any, i: int) -> str:
     raise RequestError(f"messages[{i}].content must be a string or a list of text parts", param="messages")
 
 
-def parse_chat_request(body: Any, served_names: set[str]) -> dict:
-    """Validate a chat-completions body; returns normalised fields (raises RequestError)."""
+def check_model(body: Any, served_names: set[str]) -> dict:
+    """The body as a dict whose optional 'model' is one of the served names (raises RequestError)."""
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
     model = body.get("model")
@@ -73,6 +73,12 @@ def parse_chat_request(body: Any, served_names: set[str]) -> dict:
     if model and model not in served_names:
         raise RequestError(f"The model `{model}` does not exist (served: {', '.join(sorted(served_names))}).",
                            status=404, param="model", code="model_not_found")
+    return body
+
+
+def parse_chat_request(body: Any, served_names: set[str]) -> dict:
+    """Validate a chat-completions body; returns normalised fields (raises RequestError)."""
+    body = check_model(body, served_names)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError("'messages' must be a non-empty list", param="messages")

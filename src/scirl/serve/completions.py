@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from scirl.serve.api import MAX_N, SEED_MAX, SEED_MIN, RequestError, _int, _number
+from scirl.serve.api import MAX_N, SEED_MAX, SEED_MIN, RequestError, _int, _number, check_model
 from scirl.serve.model import Cancelled, ChatModel, Watch, stopping_criteria
 
 MAX_LOGPROBS = 5  # OpenAI's limit on top log-probs per token
@@ -32,21 +32,9 @@ def _flag(body: dict, key: str, default: bool = False) -> bool:
     return val
 
 
-def _check_model(body: Any, served_names: set[str]) -> dict:
-    if not isinstance(body, dict):
-        raise RequestError("the request body must be a JSON object")
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise RequestError("'model' must be a string", param="model")
-    if model and model not in served_names:
-        raise RequestError(f"The model `{model}` does not exist (served: {', '.join(sorted(served_names))}).",
-                           status=404, param="model", code="model_not_found")
-    return body
-
-
 def parse_completion_request(body: Any, served_names: set[str]) -> dict:
     """Validate a /v1/completions body: one prompt (token ids or a string); returns normalised fields."""
-    body = _check_model(body, served_names)
+    body = check_model(body, served_names)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]  # a batch of one
@@ -201,7 +189,7 @@ def _logprobs_block(cm: ChatModel, req: dict, shown: list[int], lps: list, ids: 
 
 def tokenize(cm: ChatModel, body: Any, served_names: set[str]) -> dict:
     """POST /tokenize {"prompt", "add_special_tokens"} -> {"tokens", "count", "max_model_len"} (vLLM's shape)."""
-    body = _check_model(body, served_names)
+    body = check_model(body, served_names)
     prompt = body.get("prompt")
     if not isinstance(prompt, str):
         raise RequestError("'prompt' must be a string", param="prompt")
