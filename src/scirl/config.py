@@ -61,6 +61,8 @@ class RolloutConfig:
     val_temperature: float = 1.0
     val_top_p: float = 1.0
     val_engine: str = ""  # the engine validation samples with: hf | vllm | openai ("": rollout.engine)
+    hf_max_batch_size: int = 1024  # hf: rows per `generate` call; with reward.overlap the finished prompt groups of
+    # each call are scored while the next call generates (smaller: more overlap, fewer rows decoded at once)
     # vllm (colocated in the trainer process; verl's keys)
     gpu_memory_utilization: float = 0.5  # the share of GPU memory vLLM takes (weights + KV cache)
     enforce_eager: bool = False  # no CUDA graphs / torch.compile (faster start, slower decoding)
@@ -123,6 +125,8 @@ class RewardConfig:
     workers: int = 1  # reward worker processes; 0 runs inline (no timeout enforcement)
     timeout: float = 10.0  # seconds per call; a call past it is killed and scores 0
     kwargs: dict = field(default_factory=dict)  # passed to the reward as `info`
+    overlap: bool = True  # score each finished chunk of prompt groups while the engine generates the next (same
+    # rows and scores as off; timing/reward is then only the scoring not hidden behind generation)
     overlong_buffer: OverlongBufferConfig = field(default_factory=OverlongBufferConfig)
 
 

@@ -64,6 +64,7 @@ RANGES: dict[str, Range] = {
     "rollout.max_new_tokens": COUNT, "rollout.val_n": COUNT, "rollout.val_temperature": NON_NEG,
     "rollout.val_top_p": PROB_TOP_P,
     "rollout.gpu_memory_utilization": Range(0.0, 1.0, low_open=True), "rollout.max_num_seqs": COUNT,
+    "rollout.hf_max_batch_size": COUNT,
     "rollout.max_model_len": NON_NEG, "rollout.max_concurrency": COUNT, "rollout.request_timeout": above(0),
     "rollout.max_retries": NON_NEG, "rollout.sync_check_freq": NON_NEG, "rollout.sync_check_tol": above(0),
     "reward.workers": NON_NEG, "reward.timeout": above(0),

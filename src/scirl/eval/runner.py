@@ -13,21 +13,28 @@ from scirl.data.sample import Sample
 from scirl.eval.metrics import compute_eval_metrics
 from scirl.eval.samples import add_grading_fields, rows_text
 from scirl.fsutil import atomic_write_json, atomic_write_text
+from scirl.rewards.overlap import sample_and_score
 from scirl.rollout.base import SamplingParams
 
 
 def generate_and_grade(engine, pool, samples: list[Sample], prompt_ids: list[list[int]], sampling: SamplingParams,
-                       seed: int, reward_info: dict | None = None) -> tuple[list[dict], dict]:
+                       seed: int, reward_info: dict | None = None, overlap: bool = True) -> tuple[list[dict], dict]:
     """Sample `sampling.n` responses per prompt and grade them: (one record per sample, pool stats).
 
     Sampling uses its own seeded RNG stream, so running validation never changes the training run's random
-    stream (a resumed run stays bitwise identical)."""
+    stream (a resumed run stays bitwise identical). With `overlap` finished prompt groups are graded while the
+    engine generates the next ones (rewards/overlap.py); the records are the same either way."""
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
+
+    def items_of(traj) -> list:
+        return [(samples[int(u)], text, dict(reward_info or {})) for u, text in zip(traj.uid, traj.texts)]
+
+    with torch.random.fork_rng(devices=devices):  # the whole stream: the engine samples until it ends
         torch.manual_seed(seed)
-        traj = engine.generate(prompt_ids, [str(i) for i in range(len(samples))], sampling)
+        out = sample_and_score(engine, pool, prompt_ids, [str(i) for i in range(len(samples))], sampling, items_of,
+                               overlap)
+    traj, results, stats = out.traj, out.results, out.stats
     rows = [samples[int(u)] for u in traj.uid]
-    results, stats = pool.score([(s, text, dict(reward_info or {})) for s, text in zip(rows, traj.texts)])
     from scirl.log.console import console
     from scirl.rewards.pool import error_report
 
@@ -45,12 +52,12 @@ def generate_and_grade(engine, pool, samples: list[Sample], prompt_ids: list[lis
 
 
 def evaluate(engine, pool, samples: list[Sample], prompt_ids: list[list[int]], sampling: SamplingParams,
-             dataset: str, seed: int, reward_info: dict | None = None) -> tuple[dict, list[dict]]:
+             dataset: str, seed: int, reward_info: dict | None = None, overlap: bool = True) -> tuple[dict, list[dict]]:
     """Returns (eval JSON, per-sample rows)."""
     lo, hi = shard_bounds(len(samples), dist.rank(), dist.world_size())
     if hi > lo:
         records, stats = generate_and_grade(engine, pool, samples[lo:hi], prompt_ids[lo:hi], sampling, seed,
-                                            reward_info)
+                                            reward_info, overlap)
     else:  # more ranks than prompts
         records, stats = [], {}
     if dist.world_size() > 1:

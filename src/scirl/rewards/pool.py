@@ -11,6 +11,9 @@ Errors are counted per call (`score()`'s stats) and over the pool's life (`error
 traceback is kept (`first_error`, handed out once by `take_first_error()`) and the latest in `last_error`.
 `error_report()` turns them into the console lines the trainer prints.
 
+`cancel()` (from another thread: the overlap scorer, rewards/overlap.py, when generation fails) makes the call in
+progress stop within 50 ms: its busy workers are replaced, as after Ctrl-C, and it raises ScoringCancelled.
+
 Lifetime: workers die with the process that started them. Each worker arms a parent-death signal first
 (`procs.die_with_parent`), every parent-side pipe end is registered with `procs.close_in_children` before the next
 worker forks (so no worker holds its own or another worker's parent end, and a recv() sees EOF when the parent
@@ -24,6 +27,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 import weakref
@@ -37,6 +41,11 @@ from scirl.rewards.base import RewardFn, RewardResult, get_reward
 from scirl.rewards.user import BadRewardValue, canonical_spec, is_spec, to_result
 
 Item = tuple[Sample, str, dict]
+POLL = 0.05  # seconds between checks for cancel() while waiting on workers
+
+
+class ScoringCancelled(ScirlError):
+    """RewardPool.score stopped by cancel()."""
 
 
 def _timeout_result() -> RewardResult:
@@ -139,6 +148,7 @@ class RewardPool:
         self.timeouts_total = 0
         self._owner_pid = os.getpid()
         self._closed = False
+        self._cancel = threading.Event()
         warm_up = getattr(sys.modules.get(getattr(self.fn, "__module__", ""), None), "warm_up", None)
         if workers and callable(warm_up):  # e.g. math: import math-verify once here, not in every forked worker
             warm_up()
@@ -173,6 +183,17 @@ class RewardPool:
         self.timeouts_total += stats["timeouts"]
         return results, stats
 
+    def cancel(self, on: bool = True) -> None:
+        """Stop the score() call in progress (in another thread) and any started while on; cancel(False) re-arms."""
+        if on:
+            self._cancel.set()
+        else:
+            self._cancel.clear()
+
+    def _check_cancel(self) -> None:
+        if self._cancel.is_set():
+            raise ScoringCancelled("reward scoring cancelled")
+
     @property
     def worker_pids(self) -> list[int]:
         """The pids of the live worker processes (empty for workers=0)."""
@@ -205,6 +226,7 @@ class RewardPool:
     def _score_inline(self, items: list[Item]) -> tuple[list[RewardResult], dict[str, int]]:
         results, errors = [], 0
         for sample, completion, info in items:
+            self._check_cancel()
             try:
                 results.append(to_result(self.fn(sample, completion, info)))
             except Exception as e:  # noqa: BLE001
@@ -236,6 +258,7 @@ class RewardPool:
             idle.append(slot)
 
         while todo or busy:
+            self._check_cancel()
             while todo and idle:
                 slot = idle.pop()
                 item_idx = todo[-1]
@@ -259,7 +282,7 @@ class RewardPool:
                 continue
             wait_for = max(0.0, min(deadline for _, deadline in busy.values()) - time.monotonic())
             conn_to_slot = {self._workers[s].conn: s for s in busy}
-            for conn in wait(list(conn_to_slot), timeout=wait_for):
+            for conn in wait(list(conn_to_slot), timeout=min(wait_for, POLL)):
                 slot = conn_to_slot[conn]
                 try:
                     status, payload = conn.recv()

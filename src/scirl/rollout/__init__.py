@@ -20,7 +20,8 @@ def make_engine(kind: str, cfg, model, tokenizer, model_path: str, shares_module
     if kind == "hf":
         from scirl.rollout.hf_engine import HFRolloutEngine
 
-        return HFRolloutEngine(model, tokenizer, shares_module=shares_module)
+        return HFRolloutEngine(model, tokenizer, max_batch_size=cfg.rollout.hf_max_batch_size,
+                               shares_module=shares_module)
     if kind == "vllm":
         if importlib.util.find_spec("vllm") is None:
             raise ScirlError(VLLM_INSTALL)

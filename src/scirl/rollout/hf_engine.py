@@ -98,8 +98,22 @@ class HFRolloutEngine:
         return Trajectories.concat(parts)
 
     def stream(self, prompts: list[list[int]], uids: list[str], sampling: SamplingParams) -> Iterator[Trajectories]:
-        """One chunk: `generate`'s batch (placeholder until the overlap work splits it)."""
-        yield self.generate(prompts, uids, sampling)
+        """`generate`'s rows, call by call: after each `max_batch_size`-row `generate` call, its whole prompt groups
+        (a group cut by the call's end waits for the next call). Same calls, same random draws: concatenated, the
+        chunks are `generate`'s batch. One call (the default max_batch_size of 1024 rows) yields one chunk."""
+        rows = [(p, u, j) for p, u in zip(prompts, uids) for j in range(sampling.n)]
+        waiting: Trajectories | None = None  # the rows of a group that the previous call cut
+        for i in range(0, len(rows), self.max_batch_size):
+            with torch.no_grad():
+                part = self._generate_chunk(rows[i : i + self.max_batch_size], sampling)
+            if waiting is not None:
+                part = Trajectories.concat([waiting, part])
+            last = i + self.max_batch_size >= len(rows)
+            whole = len(part) if last else max((k + 1 for k, j in enumerate(part.sample_index)
+                                                if j == sampling.n - 1), default=0)
+            waiting = part.select(list(range(whole, len(part)))) if whole < len(part) else None
+            if whole:
+                yield part if whole == len(part) else part.select(list(range(whole)))
 
     def _generate_chunk(self, rows, sampling: SamplingParams) -> Trajectories:
         device = next(self.model.parameters()).device

@@ -10,7 +10,6 @@ reward/errors and reward/timeouts)."""
 from __future__ import annotations
 
 import itertools
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +18,7 @@ from scirl import dist
 from scirl.algos import filter_groups, overlong_penalty
 from scirl.errors import ScirlError
 from scirl.log.console import console
+from scirl.rewards.overlap import sample_and_score
 from scirl.rewards.pool import error_report
 from scirl.rollout.base import SamplingParams, Trajectories
 
@@ -33,16 +33,22 @@ class RolloutBatch:
 
 
 def generate_and_score(ctx, tag: str) -> RolloutBatch:
-    """One generation batch: the next `train_batch_size` prompts x `rollout.n` samples, graded and shaped."""
+    """One generation batch: the next `train_batch_size` prompts x `rollout.n` samples, graded and shaped.
+
+    With reward.overlap each finished chunk of prompt groups is scored while the engine generates the next
+    (rewards/overlap.py); the rows come back in generate's order either way. timing/rollout: generation wall time;
+    timing/reward: scoring time not hidden behind generation; timing/reward_overlapped: scoring time that was."""
     cfg = ctx.cfg
     samples, prompt_ids = ctx.next_prompts()
     sampling = SamplingParams(cfg.rollout.n, cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens)
-    t0 = time.perf_counter()
     uids = [f"{tag}:{i}" for i in range(len(samples))]
-    traj = ctx.engine.generate(prompt_ids, uids, sampling)
-    t1 = time.perf_counter()
+
+    def items_of(traj: Trajectories) -> list:
+        return [(samples[int(u.split(":")[1])], text, dict(cfg.reward.kwargs)) for u, text in zip(traj.uid, traj.texts)]
+
+    out = sample_and_score(ctx.engine, ctx.reward_pool, prompt_ids, uids, sampling, items_of, cfg.reward.overlap)
+    traj, results, stats = out.traj, out.results, out.stats
     rows = [samples[int(u.split(":")[1])] for u in traj.uid]
-    results, stats = ctx.reward_pool.score([(s, text, dict(cfg.reward.kwargs)) for s, text in zip(rows, traj.texts)])
     where = "this step" if tag == "0" else f"in generation batch {tag} of this step"
     for line in error_report(ctx.reward_pool, stats, len(results), where):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -51,7 +57,8 @@ def generate_and_score(ctx, tag: str) -> RolloutBatch:
     scores = raw + overlong_shaping(cfg, traj)
     metrics = {
         "reward/timeouts": float(stats.get("timeouts", 0)), "reward/errors": float(stats.get("errors", 0)),
-        "timing/rollout": t1 - t0, "timing/reward": time.perf_counter() - t1,
+        "timing/rollout": out.timing["generate"], "timing/reward": out.timing["reward"],
+        "timing/reward_overlapped": out.timing["reward_overlapped"],
     }
     return RolloutBatch(traj, scores, acc, metrics, rows)
 
@@ -74,7 +81,8 @@ def collect_batch(ctx) -> RolloutBatch:
         return batch
     kept: list[RolloutBatch] = []
     num_kept = num_generated = 0  # over all ranks
-    totals = dict.fromkeys(["timing/rollout", "timing/reward", "reward/timeouts", "reward/errors"], 0.0)
+    totals = dict.fromkeys(["timing/rollout", "timing/reward", "timing/reward_overlapped", "reward/timeouts",
+                            "reward/errors"], 0.0)
     for gen in itertools.count(1):
         batch = generate_and_score(ctx, str(gen))
         for key in totals:
