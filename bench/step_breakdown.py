@@ -1,11 +1,13 @@
 """Step-time breakdown of GRPO steps (generate / score / old-logprob / update), reward.overlap off and on, side by side
 in one run.
 
-    python bench/step_breakdown.py [--steps 4] [--models tiny,25m] [--latency 0.05] [--workers 2]
+    python bench/step_breakdown.py [--reps 3] [--models tiny,25m] [--latency 0.05] [--workers 2]
 
-Each row is one real `scirl train` run: 8 prompts x 4 samples, 48 new tokens, 2 optimizer mini-batches per step (so
-the old log-probs are recomputed, as in most recipes), the hf engine, fp32 on the CPU. Numbers are medians over the
-steps after the first (warm-up), from metrics.jsonl:
+One training process per model (built as `scirl train` builds it: scirl.train.build.build_run, the step itself is
+scirl.train.step.train_step): 8 prompts x 4 samples, 48 new tokens, 2 optimizer mini-batches per step (so the old
+log-probs are recomputed, as in most recipes), the hf engine, fp32 on the CPU. The arms take turns step by step (a
+warm-up step, then `--reps` rounds of every arm), so a machine shared with other work slows every arm alike; each
+number is the median over an arm's steps, from the step's own metrics:
   generate      timing/rollout            generation wall time
   score         timing/reward             scoring time NOT hidden behind generation (what the step waits for)
   hidden        timing/reward_overlapped  scoring time that ran while the engine was still generating
@@ -17,23 +19,22 @@ sandboxed verifier, the kind of reward whose cost is worth hiding; the math rewa
 completions costs about a millisecond and hides nothing worth measuring), scored by `--workers` reward processes.
 Its score is the sum of the completion's character codes mod 7 / 7, so groups have a spread and the steps train.
 
-Arms, per model:
+Arms:
   one call   rollout.hf_max_batch_size=1024 (the default: the 32 rows in one `generate` call, one chunk: nothing to
              overlap), reward.overlap on
-  4 calls    rollout.hf_max_batch_size=8: four `generate` calls of 2 prompt groups each; overlap off, then on. The
-             two arms sample the same rows (same calls, same seed) and train the same weights: the difference is
-             only the scoring of calls 1-3 hidden behind calls 2-4.
-The hf engine decodes a batch in lock step, so only separate calls give finished groups early; vLLM and a server
-stream groups as they finish from one batch (rollout/base.py), where the overlap costs no extra calls.
+  4 calls    rollout.hf_max_batch_size=8: four `generate` calls of 2 prompt groups each; overlap off, then on (for
+             the same rows the two give the same scores: tests/test_overlap_training.py)
+The hf engine decodes a batch in lock step, so only separate calls give finished groups early, and smaller calls
+decode fewer rows at once; vLLM and a server stream groups as they finish from one batch (rollout/base.py), where
+the overlap costs no extra calls. On this CPU the arms share 2 cores with the reward workers and with each other's
+torch threads; a GPU engine leaves the CPU to the reward workers.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,30 +53,38 @@ def judge_reward(sample, completion, info):
     return (sum(map(ord, completion)) % 7) / 7
 
 
-def run(model: str, name: str, hf_batch: int, overlap: bool, steps: int, workers: int, out: Path) -> dict:
-    """One `scirl train` run; the median of each timing column over the steps after the first."""
-    args = [sys.executable, "-m", "scirl", "train", f"model.path={model}", f"trainer.output_dir={out}",
-            f"trainer.run_name={name}", f"trainer.total_steps={steps}", "trainer.test_freq=0", "trainer.save_freq=0",
-            "trainer.progress=false", "trainer.save_hf=false", "data.train_batch_size=8",
-            "actor.ppo_mini_batch_size=4", "actor.ppo_micro_batch_size=16", "rollout.n=4",
-            "rollout.max_new_tokens=48", "rollout.val_n=1", "data.val_size=8", f"reward.workers={workers}",
-            "reward.timeout=30", f"reward.name={Path(__file__).resolve()}:judge_reward", "actor.lr=1e-5",
-            f"rollout.hf_max_batch_size={hf_batch}", f"reward.overlap={str(overlap).lower()}"]
-    t0 = time.perf_counter()
-    proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
-    if proc.returncode:
-        raise SystemExit(f"run failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
-    rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
-    timed = rows[1:] or rows
-    result = {col: statistics.median(r.get(key, 0.0) for r in timed) for col, key in COLUMNS}
-    result["reward_mean"] = statistics.mean(r["reward/mean"] for r in rows)
-    result["wall_s"] = time.perf_counter() - t0
-    return result
+def bench_model(model: str, reps: int, workers: int, out: Path) -> dict[str, dict]:
+    """Train on `model`, the arms taking turns step by step; per arm, the median of each column over its steps."""
+    from scirl.config import load_config
+    from scirl.train.build import build_run
+    from scirl.train.loop import seed_everything
+    from scirl.train.step import StepContext, train_step
+
+    cfg = load_config(None, [
+        f"model.path={model}", f"trainer.output_dir={out}", "trainer.progress=false", "data.train_batch_size=8",
+        "actor.ppo_mini_batch_size=4", "actor.ppo_micro_batch_size=16", "rollout.n=4", "rollout.max_new_tokens=48",
+        "data.val_size=8", f"reward.workers={workers}", "reward.timeout=30",
+        f"reward.name={Path(__file__).resolve()}:judge_reward", "actor.lr=1e-5"])
+    seed_everything(cfg.trainer.seed)
+    parts = build_run(cfg, cfg.model.path)
+    ctx = StepContext(cfg, parts.actor, parts.engine, parts.pool, parts.next_prompts, parts.reference, parts.kl_ctrl,
+                      parts.teacher, parts.tokenizer)
+    rows: dict[str, list[dict]] = {arm: [] for arm, _, _ in ARMS}
+    with parts.pool:
+        for rep in range(reps + 1):
+            for arm, hf_batch, overlap in ARMS:
+                parts.engine.max_batch_size, cfg.reward.overlap = hf_batch, overlap
+                ctx.step += 1
+                metrics = train_step(ctx)
+                if rep:  # round 0 warms up
+                    rows[arm].append(metrics)
+    return {arm: {col: statistics.median(m.get(key, 0.0) for m in ms) for col, key in COLUMNS}
+            for arm, ms in rows.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--reps", type=int, default=3, help="rounds of every arm after the warm-up round")
     ap.add_argument("--models", default="tiny,25m")
     ap.add_argument("--latency", type=float, default=0.05, help="seconds per reward call")
     ap.add_argument("--workers", type=int, default=2, help="reward worker processes")
@@ -93,21 +102,19 @@ def main() -> None:
                 path, n = build_25m(tmp / "qwen3-25m")
                 models[f"qwen3-shaped ({n / 1e6:.1f}M)"] = str(path)
         print(f"reward: {a.latency * 1000:.0f} ms per call, {a.workers} workers; 32 rows per step; seconds per step "
-              f"(median of steps 2..{a.steps})")
+              f"(median of {a.reps} steps per arm, the arms taking turns)")
         head = "".join(f"{c:>9}" for c, _ in COLUMNS)
         print(f"{'model':22} {'arm':22}{head} {'vs off':>7}")
         for m, (label, path) in enumerate(models.items()):
-            results = {}
-            for i, (arm, hf_batch, overlap) in enumerate(ARMS):
-                r = results[arm] = run(path, f"arm{i}", hf_batch, overlap, a.steps, a.workers, tmp / f"runs-{m}")
-                off = results.get("4 calls, overlap off")
-                ratio = f"{r['step'] / off['step']:>6.2f}x" if off and overlap and hf_batch == 8 else f"{'':>7}"
-                print(f"{label:22} {arm:22}" + "".join(f"{r[c]:>9.2f}" for c, _ in COLUMNS) + f" {ratio}",
-                      flush=True)
-            on, off, one = (results[arm] for arm, _, _ in (ARMS[2], ARMS[1], ARMS[0]))
-            same = "same" if abs(on["reward_mean"] - off["reward_mean"]) < 1e-9 else "DIFFERENT"
-            print(f"{label}: overlap on/off step time {on['step'] / off['step']:.2f}x (score waited for: "
-                  f"{off['score']:.2f} s -> {on['score']:.2f} s; rewards {same}); 4 calls + overlap vs one call: "
+            results = bench_model(path, a.reps, a.workers, tmp / f"runs-{m}")
+            off = results[ARMS[1][0]]
+            for arm, hf_batch, overlap in ARMS:
+                r = results[arm]
+                ratio = f"{r['step'] / off['step']:>6.2f}x" if hf_batch == 8 else f"{'':>7}"
+                print(f"{label:22} {arm:22}" + "".join(f"{r[c]:>9.2f}" for c, _ in COLUMNS) + f" {ratio}")
+            on, one = results[ARMS[2][0]], results[ARMS[0][0]]
+            print(f"{label}: overlap on/off step time {on['step'] / off['step']:.2f}x (scoring waited for "
+                  f"{off['score']:.2f} s -> {on['score']:.2f} s); 4 calls + overlap vs one call: "
                   f"{on['step'] / one['step']:.2f}x", flush=True)
 
 
