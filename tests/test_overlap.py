@@ -24,7 +24,8 @@ def _group(i: int, uid: str, n: int, sample_order=None) -> Trajectories:
     p, r = 2 + i, 3 + (i % 4)
     resp = torch.tensor([[100 * i + 10 * j + k for k in range(r)] for j in order])
     return Trajectories(
-        prompt_ids=torch.full((n, p), 7 + i), prompt_mask=torch.ones(n, p, dtype=torch.long), response_ids=resp,
+        prompt_ids=torch.full((n, p), 7 + i), prompt_mask=torch.ones(n, p, dtype=torch.long),
+        response_ids=resp,
         response_mask=torch.ones(n, r), rollout_logprobs=-(resp.float() + 0.5) / 1000, uid=[uid] * n, sample_index=order,
         truncated=torch.tensor([j % 2 == 0 for j in order]),
         texts=["boom" if (i, j) == (2, 1) else f"prompt {i} sample {j} " * (j + 1) for j in order])

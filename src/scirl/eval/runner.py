@@ -52,7 +52,8 @@ def generate_and_grade(engine, pool, samples: list[Sample], prompt_ids: list[lis
 
 
 def evaluate(engine, pool, samples: list[Sample], prompt_ids: list[list[int]], sampling: SamplingParams,
-             dataset: str, seed: int, reward_info: dict | None = None, overlap: bool = True) -> tuple[dict, list[dict]]:
+             dataset: str, seed: int, reward_info: dict | None = None,
+             overlap: bool = True) -> tuple[dict, list[dict]]:
     """Returns (eval JSON, per-sample rows)."""
     lo, hi = shard_bounds(len(samples), dist.rank(), dist.world_size())
     if hi > lo:

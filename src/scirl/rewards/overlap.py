@@ -18,7 +18,8 @@ Timings (`Scored.timing`, seconds):
 
 A failure on either side stops both: an exception in the scoring thread is raised by the caller's thread after
 the stream; an exception (or Ctrl-C) while generating or waiting cancels the pool call in progress (its busy
-workers are replaced, as after Ctrl-C in the pool itself), and is raised. Rewards must not use torch (the pool's rule already): its global RNG is the sampler's.
+workers are replaced, as after Ctrl-C in the pool itself), and is raised. Rewards must not use torch (the pool's
+rule already): its global RNG is the sampler's, and inline rewards (reward.workers=0) run in the scoring thread.
 """
 
 from __future__ import annotations

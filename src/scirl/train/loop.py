@@ -154,7 +154,8 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
         if val_engine is not engine and not val_engine.shares_module:  # pushed here, only when it samples
             val_engine.update_weights(actor.rollout_weights())
         report, records = evaluate(val_engine, pool, val_ps.samples, val_ps.ids, val_sampling, f"{d.val}-val",
-                                   seed=t.seed + 7919, reward_info=cfg.reward.kwargs)  # sharded over ranks
+                                   seed=t.seed + 7919, reward_info=cfg.reward.kwargs,
+                                   overlap=cfg.reward.overlap)  # sharded over ranks
         report["step"] = step
         if main:
             write_eval(run_dir, step, report, records)
