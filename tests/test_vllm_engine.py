@@ -164,16 +164,26 @@ def test_two_fsdp_ranks_each_with_a_vllm_engine_get_the_gathered_weights(tmp_pat
 
 
 def test_engine_creation_keeps_the_trainers_random_streams():
-    torch.manual_seed(1234)
-    expected = torch.rand(3)
-    torch.manual_seed(1234)
-    cfg = load_config(None, ["rollout.engine=vllm", "rollout.enforce_eager=true", "trainer.seed=99"])
-    _, tok = load_model_and_tokenizer(PATH)
-    eng = make_engine("vllm", cfg, None, tok, PATH, shares_module=False)
-    try:
-        assert torch.equal(torch.rand(3), expected)
-    finally:
-        eng.close()
+    """In a process of its own: closing an engine tears down vLLM's process-wide parallel state, which the module's
+    shared engine still uses."""
+    code = """
+import torch
+from scirl.config import load_config
+from scirl.rollout import make_engine
+from scirl.train.model_loading import load_model_and_tokenizer, resolve_model_path
+path = resolve_model_path("builtin:tiny-qwen3")
+_, tok = load_model_and_tokenizer(path)
+torch.manual_seed(1234)
+expected = torch.rand(3)
+torch.manual_seed(1234)
+cfg = load_config(None, ["rollout.engine=vllm", "rollout.enforce_eager=true", "trainer.seed=99"])
+eng = make_engine("vllm", cfg, None, tok, path, shares_module=False)
+print("SAME" if torch.equal(torch.rand(3), expected) else "DIFFERENT")
+eng.close()
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "SAME"
 
 
 def test_more_prompt_tokens_than_one_engine_step_holds(engine, model_tok):
