@@ -4,12 +4,14 @@ huggingface_hub retries every request five times with back-off (about 25 s per f
 prints a message about the network that names no config key. Before scirl asks the hub for a model or a dataset
 it calls `hub_kwargs`: with HF_HUB_OFFLINE set, or the hub unreachable (one TCP connect to the endpoint, 3 s at
 most, skipped when a proxy is configured), a model that is in the local cache loads from it, and anything else
-is a one-line error naming the key, the repo and the reason.
+is a one-line error naming the key, the repo and the reason. `is_loopback` tells the HTTP clients (judge, openai
+engine) which URLs must bypass a proxy.
 """
 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import socket
 from urllib.parse import urlparse
@@ -68,3 +70,14 @@ def hub_kwargs(repo_id: str, key: str, cache_file: str = "config.json") -> dict:
         return {"local_files_only": True}
     raise ScirlError(f"{key}: cannot download {repo_id!r} from the Hugging Face Hub ({problem}) and it is not in the "
                      "local cache; use a local folder, or fill the cache where the hub is reachable")
+
+
+def is_loopback(url: str) -> bool:
+    """True for a URL on this machine (localhost, 127.0.0.0/8, ::1): such requests must not go through a proxy."""
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -39,20 +39,19 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import ipaddress
 import json
 import os
 import re
 import threading
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from scirl.data.sample import Sample
 from scirl.errors import ScirlError
+from scirl.hub import is_loopback
 from scirl.rewards.base import RewardResult, register_reward
 from scirl.rewards.boxed_numeric import last_boxed
 
@@ -233,21 +232,11 @@ def store_verdict(key: str, verdict: str, cache_file: Path | None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- HTTP
-def _is_loopback(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def chat_completion(endpoint: str, payload: dict, timeout: float, retries: int = 0) -> dict:
     """POST <endpoint>/chat/completions and return the decoded JSON (raises OSError / ValueError / HTTPException)."""
     url = endpoint.rstrip("/") + "/chat/completions"
     data = json.dumps(payload).encode("utf-8")
-    opener = _DIRECT if _is_loopback(url) else urllib.request.build_opener()
+    opener = _DIRECT if is_loopback(url) else urllib.request.build_opener()
     for attempt in range(retries + 1):
         req = urllib.request.Request(url, data=data, method="POST",
                                      headers={"Content-Type": "application/json", "Accept": "application/json"})

@@ -13,16 +13,15 @@ choices than `n`). Not retried: other 4xx (a wrong request stays wrong). A reque
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import json
 import socket
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from typing import Any, Callable
 
 from scirl.errors import ScirlError
+from scirl.hub import is_loopback
 
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 BACKOFF_S = 0.5
@@ -38,16 +37,6 @@ class HTTPStatusError(ScirlError):
     def __init__(self, message: str, status: int):
         super().__init__(message)
         self.status = status
-
-
-def _is_loopback(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def one_line(text: Any, limit: int = 300) -> str:
@@ -73,7 +62,7 @@ class OpenAIClient:
         self.base_url = base_url.rstrip("/")
         self.root = self.base_url.removesuffix("/v1")
         self.api_key, self.timeout, self.max_retries = api_key, timeout, max_retries
-        self._opener = (urllib.request.build_opener(urllib.request.ProxyHandler({})) if _is_loopback(self.base_url)
+        self._opener = (urllib.request.build_opener(urllib.request.ProxyHandler({})) if is_loopback(self.base_url)
                         else urllib.request.build_opener())
 
     def url(self, path: str, root: bool = False) -> str:
