@@ -1,5 +1,5 @@
 """The `scirl` command line: `scirl train [RECIPE.yaml] [key=value ...]`, `config`, `eval`, `grade`, `serve`,
-`export`, `merge`.
+`export`, `merge`, `report`.
 
 User errors exit 2 with one line."""
 
@@ -132,6 +132,12 @@ def cmd_merge(args: list[str]) -> int:
     return merge_main(args)
 
 
+def cmd_report(args: list[str]) -> int:
+    from scirl.publish.report import report_main
+
+    return report_main(args)
+
+
 def _serve_usage() -> str:
     from scirl.serve import help_text  # light: torch and transformers load only when serving
 
@@ -150,10 +156,17 @@ def _eval_usage() -> str:
     return USAGE
 
 
+def _report_usage() -> str:
+    from scirl.publish.report import USAGE  # light: matplotlib loads only when a report is built
+
+    return USAGE
+
+
 COMMANDS = {"train": (cmd_train, USAGE_TRAIN), "config": (cmd_config, "scirl config [RECIPE.yaml] [key=value ...]: "
                                                          "print the resolved config"),
             "grade": (cmd_grade, USAGE_GRADE), "eval": (cmd_eval, _eval_usage()), "serve": (cmd_serve, _serve_usage()),
-            "export": (cmd_export, _export_usage("EXPORT")), "merge": (cmd_merge, _export_usage("MERGE"))}
+            "export": (cmd_export, _export_usage("EXPORT")), "merge": (cmd_merge, _export_usage("MERGE")),
+            "report": (cmd_report, _report_usage())}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from scirl.eval.runner import evaluate, write_eval
 from scirl.fsutil import atomic_write_json
 from scirl.log.console import StepProgress, console, summary_footer, summary_table
 from scirl.log.metrics_writer import MetricsWriter
+from scirl.publish.report import ReportRefresher
 from scirl.rollout.base import SamplingParams
 from scirl.train.build import build_run
 from scirl.train.rank_metrics import reduce_step_metrics
@@ -149,6 +150,7 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
                                   cfg.rollout.max_new_tokens)
 
     val_engine = parts.validation_engine
+    refresh_report = ReportRefresher(run_dir, _note)  # plots/*.png + report.html; a failure never stops the run
 
     def validate(step: int) -> dict:
         if val_engine is not engine and not val_engine.shares_module:  # pushed here, only when it samples
@@ -159,6 +161,8 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
         report["step"] = step
         if main:
             write_eval(run_dir, step, report, records)
+            if step < t.total_steps:  # the last one is refreshed once summary.json is written
+                refresh_report()
         return report
 
     def checkpoint(step: int):  # every rank takes part; rank 0 writes model/ from the rollout copy (no gather)
@@ -219,6 +223,7 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
     summary = _summary(run_dir, "finished", before, after, t.total_steps, start, t_start, actor, train_ps, val_ps)
     if main:
         atomic_write_json(run_dir / "summary.json", summary)
+        refresh_report()
         if before is not None:
             console.print(summary_table(summary))
         _note(summary_footer(summary, str(run_dir)))
