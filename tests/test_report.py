@@ -151,3 +151,28 @@ def test_chromium_check_catches_a_broken_image_and_a_console_error(tmp_path):
     check = _check_marker(res.stdout)
     assert check["broken"] == "broken" and "notDefined" in check["errors"]
     assert any("notDefined" in line for line in _console_lines(res.stderr))
+
+
+def test_per_source_tables_and_only_the_plots_the_metrics_allow(tmp_path):
+    """Two sources: a table and val curves per source; a run that logged no KL gets no kl.png."""
+    from scirl.publish.report import build_report
+
+    run = tmp_path / "multi"
+    (run / "eval").mkdir(parents=True)
+    rows = [{"step": s, "reward/mean": 0.1 * s, "reward/acc": 0.1 * s, "actor/grad_norm": 1.0 / s,
+             "timing/rollout": 1.0, "timing/update": 0.5, "timing/step": 1.6} for s in (1, 2)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"torn')
+    for step, (a, b) in {0: (0.25, 0.5), 2: (0.75, 0.125)}.items():
+        by = {"srcA": {"mean@4": a, "pass@4": 1.0}, "srcB": {"mean@4": b, "pass@4": 0.5}}
+        (run / "eval" / f"step_{step}.json").write_text(json.dumps(
+            {"dataset": "mix-val", "n": 4, "metrics": {"mean@4": (a + b) / 2, "pass@4": 0.75}, "by_source": by}))
+    (run / "eval" / "step_2_samples.jsonl").write_text("".join(json.dumps(
+        {"prompt_id": f"p{i // 2}", "sample": i % 2, "response": f"r{i}", "score": float(i % 3 == 0),
+         "correct": i % 3 == 0, "pred": "1", "answer": "1", "question": f"q & {i // 2}"}) + "\n" for i in range(6)))
+    build_report(run)
+    assert {p.stem for p in (run / "plots").glob("*.png")} == {"reward", "val", "grad_norm", "timing"}
+    page = (run / "report.html").read_text()
+    for src, (a, b) in {"srcA": (0.25, 0.75), "srcB": (0.5, 0.125)}.items():
+        table = re.search(rf'<table class="eval-table source-{src}">(.*?)</table>', page, flags=re.S).group(1)
+        assert f"<tr><td>mean@4</td><td>{a:.4g}</td><td>{b:.4g}</td>" in table
+    assert "q &amp; 0" in page and "status <b id=\"status\">running</b>" in page

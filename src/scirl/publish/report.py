@@ -118,6 +118,7 @@ def _samples_section(rows: list[dict], step: int | None) -> str:
     return (f"<p>From the validation at step {_e(step)}: {len(rows)} responses to {len(groups)} prompts.</p>"
             "<h3>Sample responses</h3>" + "".join(
                 f'<p class="muted">{_e(r.get("prompt_id", ""))} · sample {_e(r.get("sample", ""))}</p>'
+                + (f'<p><b>question</b>: {_e(r["question"])}</p>' if r.get("question") else "")
                 + _response(r) for r in shown)
             + "<h2>Best groups</h2>" + "".join(_group_html(p, g, "best") for p, g in reversed(ranked[-k:]))
             + "<h2>Worst groups</h2>" + "".join(_group_html(p, g, "worst") for p, g in ranked[:k]))
