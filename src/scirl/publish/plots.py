@@ -104,8 +104,12 @@ def _figure(title: str, ylabel: str, xlabel: str = "step"):
     return fig, ax
 
 
+STYLES = ["-", "--", ":", "-."]  # equal curves (reward == accuracy, mean@k == pass@1) stay visible
+
+
 def _line(ax, xs, ys, label):
-    ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
+    style = STYLES[len(ax.get_lines()) % len(STYLES)]
+    ax.plot(xs, ys, style, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
 
 
 def _train_plot(rows, out: Path, stem: str, spec) -> Path | None:
