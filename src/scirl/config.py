@@ -247,6 +247,8 @@ class TrainerConfig:
     nnodes: int = 1  # machines (Ray launcher; with torchrun start one torchrun per machine yourself)
     launcher: str = "torchrun"  # torchrun | ray: how scirl starts nnodes x nproc_per_node processes
     save_hf: bool = True  # each checkpoint also holds a loadable HF folder (model/), gathered on rank 0
+    best_metric: str = ""  # eval JSON metric (mean@k, pass@k, maj@k, best@k; val/ prefix ok) kept in checkpoints/best/
+    best_mode: str = "max"  # max | min: which way best_metric improves
 
 
 @dataclass

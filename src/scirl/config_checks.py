@@ -24,6 +24,7 @@ def _registered(key: str, lookup, name: str) -> None:
 def validate(cfg: Config) -> None:
     from scirl.algos import KL_KINDS, get_advantage_estimator, get_policy_loss
     from scirl.algos.aggregation import check_mode
+    from scirl.ckpt.best import check_best_metric
     from scirl.config_ranges import check_ranges
     from scirl.rewards import get_reward
 
@@ -34,6 +35,7 @@ def validate(cfg: Config) -> None:
     _registered("actor.policy_loss", get_policy_loss, act.policy_loss)
     _registered("reward.name", get_reward, cfg.reward.name)
     _registered("actor.loss_agg_mode", check_mode, act.loss_agg_mode)
+    check_best_metric(t.best_metric, t.best_mode, r.val_n)
     _choice("actor.kl_loss_type", act.kl_loss_type, KL_KINDS)
     _choice("algorithm.kl_penalty", a.kl_penalty, KL_KINDS)
     _choice("algorithm.kl_ctrl.type", a.kl_ctrl.type, ("fixed", "adaptive"))

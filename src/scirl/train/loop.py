@@ -14,6 +14,7 @@ import torch
 from transformers.utils import logging as transformers_logging
 
 from scirl import dist
+from scirl.ckpt.best import BestTracker
 from scirl.ckpt.checkpoint import load_trainer_state, prune_checkpoints, save_checkpoint, step_of
 from scirl.ckpt.resume import init_weights_path, restore_modules
 from scirl.ckpt.rng import restore_rng
@@ -165,6 +166,8 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
                 refresh_report()
         return report
 
+    best = BestTracker(run_dir, t.best_metric, t.best_mode)  # reads checkpoints/best/best.json on a resume
+
     def checkpoint(step: int):  # every rank takes part; rank 0 writes model/ from the rollout copy (no gather)
         path = save_checkpoint(run_dir, step, parts.model, parts.tokenizer, {
             "scheduler": actor.scheduler.state_dict(), "sampler": parts.sampler.state_dict(),
@@ -173,7 +176,7 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
         }, optimizer=actor.optimizer, modules=_saved_modules(cfg, parts.teacher), save_hf=t.save_hf,
             hf_model=parts.rollout_model if parts.sharded else None)
         if main:
-            prune_checkpoints(run_dir, t.keep_last)
+            prune_checkpoints(run_dir, t.keep_last, keep=best.keep())
         return path
 
     ctx = StepContext(cfg, actor, engine, pool, parts.next_prompts, parts.reference, parts.kl_ctrl, parts.teacher,
@@ -205,12 +208,18 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
                     writer.write(step, metrics)
                     progress.update(step, metrics)
                 done = step
-                if t.test_freq and step % t.test_freq == 0 or step == t.total_steps:
+                validated = t.test_freq and step % t.test_freq == 0 or step == t.total_steps
+                if validated:
                     last_eval = validate(step)
                     if main:
                         progress.note(f"step {step} validation: {_fmt(last_eval)}")
                 if t.save_freq and step % t.save_freq == 0 or step == t.total_steps:
                     saved = checkpoint(step)
+                if validated and best.improves(last_eval):  # the same answer on every rank (one report)
+                    if saved is None or step_of(saved) != step:
+                        saved = checkpoint(step)  # a validation step that is no save step: saved for the best
+                    if main:
+                        best.record(step, last_eval, saved)
         stopped = stopped or _stop_signal(stop)
         if stopped and done < t.total_steps:
             path = saved if saved is not None and step_of(saved) == done else checkpoint(done)
