@@ -138,6 +138,20 @@ def cmd_report(args: list[str]) -> int:
     return report_main(args)
 
 
+def cmd_card(args: list[str]) -> int:
+    from scirl.publish.card import card_main
+
+    return card_main(args)
+
+
+USAGE_CARD = """scirl card RUN [-o README.md]
+
+Write a Hugging Face model card for a run folder (default RUN/README.md; every run writes one at its end): YAML
+header (base model, licence, datasets, tags, model-index with the final and best validation metrics) and the
+summary, pipeline, hyperparameters, datasets, results (before / best / final), curves, loading snippet, intended
+use and licence sections. Reads the run folder only; never uses the network."""
+
+
 def _serve_usage() -> str:
     from scirl.serve import help_text  # light: torch and transformers load only when serving
 
@@ -166,7 +180,7 @@ COMMANDS = {"train": (cmd_train, USAGE_TRAIN), "config": (cmd_config, "scirl con
                                                          "print the resolved config"),
             "grade": (cmd_grade, USAGE_GRADE), "eval": (cmd_eval, _eval_usage()), "serve": (cmd_serve, _serve_usage()),
             "export": (cmd_export, _export_usage("EXPORT")), "merge": (cmd_merge, _export_usage("MERGE")),
-            "report": (cmd_report, _report_usage())}
+            "report": (cmd_report, _report_usage()), "card": (cmd_card, USAGE_CARD)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -236,7 +236,18 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
         if before is not None:
             console.print(summary_table(summary))
         _note(summary_footer(summary, str(run_dir)))
+        _write_card(run_dir)
     return summary
+
+
+def _write_card(run_dir) -> None:
+    """The run's model card, RUN/README.md (scirl.publish.card); a failure is a warning, never a failed run."""
+    from scirl.publish.card import write_card
+
+    try:
+        write_card(run_dir)
+    except Exception as e:  # noqa: BLE001 - the run itself is done and saved
+        _note(f"warning: model card not written ({type(e).__name__}: {e}); `scirl card {run_dir}` retries")
 
 
 def _stop_signal(stop: GracefulStop) -> int:
