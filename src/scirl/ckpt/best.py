@@ -82,10 +82,10 @@ def _link_tree(src: Path, dst: Path) -> None:
 class BestTracker:
     """Tracks the best validation value of a run and keeps `checkpoints/best/` in step with it."""
 
-    def __init__(self, run_dir: Path, metric: str, mode: str = "max"):
+    def __init__(self, run_dir: Path, metric: str, mode: str = "max", old: dict | None = None):
+        """`old`: the run's best.json (read_best; rank 0 reads it and broadcasts, so every rank agrees)."""
         self.run_dir, self.metric, self.mode = Path(run_dir), metric, mode
         self.key = metric_key(metric)
-        old = read_best(run_dir) if metric else None
         same = old is not None and old.get("metric") == metric and old.get("mode", "max") == mode
         self.step = int(old["step"]) if same else None
         self.value = float(old["value"]) if same else None
@@ -109,9 +109,12 @@ class BestTracker:
         """The step folder pruning must keep (the best's)."""
         return {checkpoint_root(self.run_dir) / f"step_{self.step}"} if self.step is not None else set()
 
-    def record(self, step: int, report: dict, ckpt: Path) -> Path:
-        """Make `checkpoints/best/` a hard-linked copy of `ckpt` with best.json (call on rank 0 only)."""
+    def record(self, step: int, report: dict, ckpt: Path | None) -> Path | None:
+        """Take `step` as the best (every rank calls it); with `ckpt` (rank 0) make `checkpoints/best/` a
+        hard-linked copy of it with best.json."""
         self.step, self.value = step, float(report["metrics"][self.key])
+        if ckpt is None:
+            return None
         root = checkpoint_root(self.run_dir)
         tmp, final = root / f".tmp_best_{os.getpid()}", best_dir(self.run_dir)
         shutil.rmtree(tmp, ignore_errors=True)

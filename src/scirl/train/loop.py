@@ -14,7 +14,7 @@ import torch
 from transformers.utils import logging as transformers_logging
 
 from scirl import dist
-from scirl.ckpt.best import BestTracker
+from scirl.ckpt.best import BestTracker, read_best
 from scirl.ckpt.checkpoint import load_trainer_state, prune_checkpoints, save_checkpoint, step_of
 from scirl.ckpt.resume import init_weights_path, restore_modules
 from scirl.ckpt.rng import restore_rng
@@ -166,7 +166,8 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
                 refresh_report()
         return report
 
-    best = BestTracker(run_dir, t.best_metric, t.best_mode)  # reads checkpoints/best/best.json on a resume
+    best = BestTracker(run_dir, t.best_metric, t.best_mode,  # a resume goes on from checkpoints/best/best.json
+                       dist.broadcast_object(read_best(run_dir) if main and t.best_metric else None))
 
     def checkpoint(step: int):  # every rank takes part; rank 0 writes model/ from the rollout copy (no gather)
         path = save_checkpoint(run_dir, step, parts.model, parts.tokenizer, {
@@ -215,11 +216,10 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
                         progress.note(f"step {step} validation: {_fmt(last_eval)}")
                 if t.save_freq and step % t.save_freq == 0 or step == t.total_steps:
                     saved = checkpoint(step)
-                if validated and best.improves(last_eval):  # the same answer on every rank (one report)
+                if validated and dist.any_rank(best.improves(last_eval)):  # the report is all-gathered anyway
                     if saved is None or step_of(saved) != step:
                         saved = checkpoint(step)  # a validation step that is no save step: saved for the best
-                    if main:
-                        best.record(step, last_eval, saved)
+                    best.record(step, last_eval, saved if main else None)
         stopped = stopped or _stop_signal(stop)
         if stopped and done < t.total_steps:
             path = saved if saved is not None and step_of(saved) == done else checkpoint(done)
