@@ -1,5 +1,5 @@
 """The `scirl` command line: `scirl train [RECIPE.yaml] [key=value ...]`, `config`, `eval`, `grade`, `serve`,
-`export`, `merge`, `report`.
+`export`, `merge`, `report`, `card`.
 
 User errors exit 2 with one line."""
 

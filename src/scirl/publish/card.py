@@ -144,7 +144,8 @@ def build_card(run_dir: Path | str, out_dir: Path | str | None = None):
              f"validated on `{val_ds}`. Status: {summary.get('status', 'unknown')}, "
              f"{summary.get('steps', final_step or 0)} steps."]
     parts += ["", "Base model: " + (f"[`{base}`](https://huggingface.co/{base})." if hub_base else
-                                   f"`{base}` (a local or bundled model, not a hub id: no `base_model` in the header).")]
+                                   f"`{base}` (a local or bundled model, not a hub id: no `base_model` in the "
+                                   "header).")]
     parts += ["", "## Training pipeline", "",
               f"1. Load `{base}` ({_get(cfg, 'model.dtype')}){' with a LoRA adapter' if lora else ''}.",
               f"2. Each step: {_get(cfg, 'data.train_batch_size')} prompts × {_get(cfg, 'rollout.n')} samples "
