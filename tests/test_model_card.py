@@ -88,7 +88,7 @@ def test_card_cli_hub_base_licence_and_plots(run, tmp_path):
     cfg = yaml.safe_load((fake / "config.yaml").read_text())
     cfg["model"]["path"] = str(base)
     (fake / "config.yaml").write_text(yaml.safe_dump(cfg))
-    (fake / "plots").mkdir()
+    (fake / "plots").mkdir(exist_ok=True)  # the run wrote real plots too
     (fake / "plots" / "reward.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     out = tmp_path / "pub" / "README.md"
     env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src")}
