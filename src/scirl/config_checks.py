@@ -50,6 +50,7 @@ def validate(cfg: Config) -> None:
     _choice("trainer.launcher", t.launcher, ("torchrun", "ray"))
     _choice("actor.fsdp.param_dtype", act.fsdp.param_dtype, ("auto", "float32", "bfloat16", "float16"))
     _choice("actor.fsdp.reduce_dtype", act.fsdp.reduce_dtype, ("float32", "bfloat16"))
+    _check_loggers(cfg)
     _check_data(cfg)
     _check_distill(cfg)
 
@@ -66,6 +67,19 @@ def validate(cfg: Config) -> None:
         raise ScirlError("algorithm.filter_groups.enable needs rollout.n >= 2 (a group of one has no spread)")
     if ob.enable and ob.len > r.max_new_tokens:
         raise ScirlError(f"reward.overlong_buffer.len={ob.len} must be <= rollout.max_new_tokens={r.max_new_tokens}")
+
+
+def _check_loggers(cfg: Config) -> None:
+    from scirl.log.sinks import LOGGERS, check_mlflow_uri, mlflow_uri
+
+    t = cfg.trainer
+    for name in t.logger:
+        _choice("trainer.logger", name, LOGGERS)
+    if "mlflow" in t.logger:
+        uri = mlflow_uri(t.mlflow_uri, cfg.run_dir)
+        why = check_mlflow_uri(uri)
+        if why:
+            raise ScirlError(f"trainer.mlflow_uri={t.mlflow_uri or uri!r} cannot be written: {why}")
 
 
 def _check_data(cfg: Config) -> None:

@@ -25,6 +25,7 @@ from scirl.eval.runner import evaluate, write_eval
 from scirl.fsutil import atomic_write_json
 from scirl.log.console import StepProgress, console, summary_footer, summary_table
 from scirl.log.metrics_writer import MetricsWriter
+from scirl.log.sinks import MetricSinks
 from scirl.publish.report import ReportRefresher
 from scirl.rollout.base import SamplingParams
 from scirl.train.build import build_run
@@ -152,6 +153,8 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
 
     val_engine = parts.validation_engine
     refresh_report = ReportRefresher(run_dir, _note)  # plots/*.png + report.html; a failure never stops the run
+    sinks = MetricSinks(t.logger if main else (), run_dir, uri=t.mlflow_uri, project=t.project_name,
+                        run_name=t.run_name, config=config_dict, start_step=start.step, note=_note)
 
     def validate(step: int) -> dict:
         if val_engine is not engine and not val_engine.shares_module:  # pushed here, only when it samples
@@ -162,6 +165,7 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
         report["step"] = step
         if main:
             write_eval(run_dir, step, report, records)
+            sinks.log_eval(step, report)
             if step < t.total_steps:  # the last one is refreshed once summary.json is written
                 refresh_report()
         return report
@@ -187,7 +191,9 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
     _note(f"train: {describe(train_ps)}\nval: {describe(val_ps)}")
     done, saved = start.step, start.ckpt  # the last completed step, the newest checkpoint of this run
     stopped = 0  # the signal that stopped the run (on any rank), 0 while none did
-    with pool, contextlib.closing(parts), (MetricsWriter(run_dir) if main else contextlib.nullcontext()) as writer:
+    jsonl = main and "jsonl" in t.logger
+    writer_cm = MetricsWriter(run_dir) if jsonl else contextlib.nullcontext()
+    with pool, contextlib.closing(parts), sinks, writer_cm as writer:
         if guard.active:  # before the first step too: a mismatch (dtype, tokenizer, weights) stops the run at once
             _note(f"rollout weight sync check before step {start.step + 1}: mean |log-prob diff| "
                   f"{guard.check(0)['rollout/sync_logprob_diff']:.2e}")
@@ -206,8 +212,11 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
                 metrics = reduce_step_metrics(metrics)
                 metrics["data/epoch"] = parts.sampler.epoch
                 if main:
-                    writer.write(step, metrics)
-                    progress.update(step, metrics)
+                    if jsonl:
+                        writer.write(step, metrics)
+                    sinks.log_train(step, metrics)
+                    if "console" in t.logger:
+                        progress.update(step, metrics)
                 done = step
                 validated = t.test_freq and step % t.test_freq == 0 or step == t.total_steps
                 if validated:
