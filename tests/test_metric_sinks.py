@@ -15,6 +15,7 @@ from scirl.log.sinks import eval_metrics, mlflow_key, with_aliases
 from scirl.train.loop import run_training
 
 ALL = "[console,jsonl,tensorboard,mlflow,wandb]"
+FAST = {"rollout.max_new_tokens": 16, "data.val_size": 4, "rollout.val_n": 2, "trainer.save_hf": False}  # the sinks, not the model, are under test
 
 
 def _rows(run):
@@ -34,7 +35,7 @@ def test_all_sinks_on_a_real_run_and_resume(tmp_path, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     monkeypatch.setenv("WANDB_MODE", "offline")
-    extra = {"trainer.logger": ALL, "trainer.test_freq": 1, "trainer.save_freq": 1}
+    extra = {**FAST, "trainer.logger": ALL, "trainer.test_freq": 1, "trainer.save_freq": 1}
     run_training(load_config(None, small_overrides(tmp_path, **extra, **{"trainer.total_steps": 1})))
     ids = json.loads((tmp_path / "t" / "logger_ids.json").read_text())
     run_training(load_config(None, small_overrides(tmp_path, **extra)))  # resumes from step 1, runs step 2
@@ -86,7 +87,7 @@ def test_a_failing_sink_is_disabled_and_the_run_finishes(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(sinks_mod.TensorBoardSink, "log", boom)
     summary = run_training(load_config(None, small_overrides(tmp_path, **{
-        "trainer.logger": "[console,jsonl,tensorboard]", "rollout.max_new_tokens": 16})))
+        **FAST, "trainer.logger": "[console,jsonl,tensorboard]"})))
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if "metric sink" in ln]
     assert lines == ["warning: metric sink tensorboard failed at step 1 (OSError: disk full); it is disabled, "
