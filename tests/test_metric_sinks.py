@@ -10,7 +10,7 @@ from conftest import small_overrides
 
 from scirl.config import load_config
 from scirl.errors import ScirlError
-from scirl.log import sinks as sinks_mod
+from scirl.log import backends, sinks as sinks_mod
 from scirl.log.sinks import eval_metrics, mlflow_key, with_aliases
 from scirl.train.loop import run_training
 
@@ -74,7 +74,10 @@ def test_all_sinks_on_a_real_run_and_resume(tmp_path, monkeypatch):
 
     offline = sorted((run / "wandb").glob(f"offline-run-*-{ids['wandb']}"))
     assert len(offline) == 2  # one folder per session, the same run id: `wandb sync` joins them
-    assert all(list(d.glob("*.wandb")) for d in offline)
+    for d in offline:  # each session's records hold the metrics and the explicit step (binary protobuf)
+        data = next(d.glob("*.wandb")).read_bytes()
+        assert b"critic/score/mean" in data and b"trainer/global_step" in data
+        assert f"val-core/{src}/reward/mean@{n}".encode() in data
 
 
 def test_a_failing_sink_is_disabled_and_the_run_finishes(tmp_path, monkeypatch, capsys):
@@ -85,7 +88,7 @@ def test_a_failing_sink_is_disabled_and_the_run_finishes(tmp_path, monkeypatch, 
         if step == 1:
             raise OSError("disk full")
 
-    monkeypatch.setattr(sinks_mod.TensorBoardSink, "log", boom)
+    monkeypatch.setattr(backends.TensorBoardSink, "log", boom)
     summary = run_training(load_config(None, small_overrides(tmp_path, **{
         **FAST, "trainer.logger": "[console,jsonl,tensorboard]"})))
     out = capsys.readouterr().out
@@ -118,3 +121,17 @@ def test_wandb_and_mlflow_are_imported_only_when_asked_for():
             "print(sorted(m for m in ('wandb', 'mlflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_mlflow_sqlite_store(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    with sinks_mod.MetricSinks(["mlflow"], tmp_path / "run", uri=uri, run_name="r", config={"a": {"b": 1}}) as s:
+        s.log_eval(0, {"metrics": {"mean@4": 0.25}, "by_source": {"src": {"mean@4": 0.25}}})
+        s.log_train(1, {"reward/mean": 0.5})
+    run_id = json.loads((tmp_path / "run" / "logger_ids.json").read_text())["mlflow"]
+    client = MlflowClient(tracking_uri=uri)
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val-core/src/reward/mean_at_4")] == [(0, 0.25)]
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "critic/score/mean")] == [(1, 0.5)]
+    assert client.get_run(run_id).data.params["a.b"] == "1"
