@@ -22,10 +22,23 @@ BUILTIN_RECIPE = Path(__file__).parent / "recipes" / "tiny_grpo.yaml"
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters (peft) on the policy: rank 0 trains full weights. The reference policy for KL is the same
+    module with the adapter disabled; checkpoints' model/ holds the adapter folder (scirl.train.lora)."""
+
+    rank: int = 0  # 0 = off
+    alpha: float = 16.0  # scaling alpha / rank
+    dropout: float = 0.0
+    target_modules: list = field(default_factory=lambda: ["q_proj", "v_proj"])  # names of linear layers
+    modules_to_save: list = field(default_factory=list)  # modules trained in full and saved with the adapter
+
+
+@dataclass
 class ModelConfig:
     path: str = "builtin:tiny-qwen3"  # local folder, hub id, or builtin:<name> (a model bundled in scirl/assets)
     dtype: str = "float32"  # float32 | bfloat16 | float16
     attn_implementation: str = "sdpa"
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass

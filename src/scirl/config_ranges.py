@@ -55,6 +55,8 @@ PROB_TOP_P = Range(0.0, 1.0, low_open=True)
 SEED = Range(0, SEED_MAX)
 
 RANGES: dict[str, Range] = {
+    "model.lora.rank": at_least(0, "0 turns LoRA off"), "model.lora.alpha": above(0),
+    "model.lora.dropout": Range(0.0, 1.0, high_open=True),
     "data.train_size": COUNT, "data.val_size": COUNT, "data.seed": SEED, "data.train_batch_size": COUNT,
     "data.max_prompt_length": COUNT,
     "rollout.n": COUNT,

@@ -14,6 +14,7 @@ import torch
 from scirl import dist
 from scirl.algos import make_kl_controller
 from scirl.config import Config
+from scirl.errors import ScirlError
 from scirl.data.pipeline import load_prompt_set, make_sampler, require_rewards, tokenize_prompt_set
 from scirl.rewards import RewardPool
 from scirl.rollout import make_engine
@@ -21,6 +22,7 @@ from scirl.rollout.base import RolloutEngine
 from scirl.train.actor import Actor
 from scirl.train.distill import make_teacher
 from scirl.train.fsdp import enable_gradient_checkpointing, shard_model
+from scirl.train.lora import AdapterDisabledReference, apply_lora, is_adapter_folder, lora_on
 from scirl.train.model_loading import load_model_and_tokenizer, pick_device, resolve_model_path
 from scirl.train.teachers import FrozenReference
 
@@ -34,7 +36,7 @@ class RunParts:
     tokenizer: object
     actor: Actor
     engine: RolloutEngine
-    reference: FrozenReference | None
+    reference: FrozenReference | AdapterDisabledReference | None
     teacher: object | None  # EMATeacher | FrozenReference | ExternalTeacher | None
     kl_ctrl: object | None
     pool: RewardPool
@@ -79,11 +81,22 @@ def build_run(cfg: Config, init_path: str) -> RunParts:
     # reward workers are forked before the model and tokenizer spin up their threads
     pool = RewardPool(cfg.reward.name, workers=cfg.reward.workers, timeout=cfg.reward.timeout)
     device = pick_device(t.device)
-    model, tokenizer = load_model_and_tokenizer(init_path, cfg.model.dtype, device, cfg.model.attn_implementation)
+    # LoRA: the base is model.path, the adapter fresh or a checkpoint's model/ (an adapter folder)
+    adapter = init_path if lora_on(cfg) and is_adapter_folder(init_path) else None
+    model, tokenizer = load_model_and_tokenizer(cfg.model.path if adapter else init_path, cfg.model.dtype, device,
+                                                cfg.model.attn_implementation)
+    if lora_on(cfg):
+        if dist.world_size() > 1:
+            raise ScirlError("model.lora.rank > 0 runs on one process for now (trainer.nproc_per_node=1)")
+        model = apply_lora(model, cfg.model.lora, adapter)
     train_ps = tokenize_prompt_set(train_ps, tokenizer, d, "data.train")
     val_ps = tokenize_prompt_set(val_ps, tokenizer, d, "data.val")
     reference = None
-    if cfg.actor.use_kl_loss or cfg.algorithm.use_kl_in_reward or cfg.distill.teacher == "reference":
+    if lora_on(cfg) and (cfg.actor.use_kl_loss or cfg.algorithm.use_kl_in_reward or cfg.distill.teacher == "reference"):
+        # the initial policy is the base: the policy's module with the adapter disabled, no second copy
+        reference = AdapterDisabledReference(model, cfg.actor.ppo_micro_batch_size, cfg.rollout.temperature,
+                                             chunk_size=cfg.actor.logprobs_chunk_size)
+    elif cfg.actor.use_kl_loss or cfg.algorithm.use_kl_in_reward or cfg.distill.teacher == "reference":
         # a frozen copy of the *initial* policy
         reference = FrozenReference(cfg.model.path, cfg.model.dtype, device, cfg.model.attn_implementation,
                                     cfg.actor.ppo_micro_batch_size, cfg.rollout.temperature,
