@@ -10,15 +10,18 @@ from scirl.errors import ScirlError
 
 DTYPE_NAMES = ("fp32", "bf16", "fp16")  # keys of hf_folder.DTYPES; that module imports torch, `--help` must not
 
-USAGE_EXPORT = """scirl export CKPT -o DIR [--dtype fp32|bf16|fp16] [--force]
+USAGE_EXPORT = """scirl export CKPT_OR_RUN -o DIR [--dtype fp32|bf16|fp16] [--adapter-only] [--force]
 
-Turn a scirl checkpoint folder (runs/NAME/checkpoints/step_N) into a Hugging Face folder that
+Turn a scirl checkpoint folder (runs/NAME/checkpoints/step_N; a run folder runs/NAME means its latest
+checkpoint) into a Hugging Face folder that
 AutoModelForCausalLM.from_pretrained loads: safetensors (tied embeddings stored once), config.json,
 generation_config.json, tokenizer files and chat template. The checkpoint may hold a loadable HF folder
 (step_N/model/, or the HF files at step_N/ in older checkpoints) or only its DCP shards (step_N/dcp/ with
 step_N/hf_meta/), saved at any world size; no process group is needed. --dtype defaults to fp32 (an fp32
-checkpoint's logits are reproduced exactly). DIR is written atomically; an existing non-empty DIR is refused
-unless --force."""
+checkpoint's logits are reproduced exactly). A LoRA run's checkpoint (model.lora.rank > 0: an adapter in
+step_N/model/) is loaded as base (the run's model.path) + adapter in fp32 and merged into the base weights;
+--adapter-only writes the peft adapter folder (adapter_config.json, adapter_model.safetensors, tokenizer)
+instead. DIR is written atomically; an existing non-empty DIR is refused unless --force."""
 
 USAGE_MERGE = """scirl merge --from verl DIR -o OUT [--dtype fp32|bf16|fp16] [--force]
 
@@ -56,16 +59,53 @@ def _count(model) -> str:
 def export_main(args: list[str]) -> int:
     parser = _Parser(prog="scirl export", add_help=False)
     parser.add_argument("checkpoint")
+    parser.add_argument("--adapter-only", action="store_true")
     _add_output_args(parser)
     ns = parser.parse_args(args)
+    from scirl.export.adapter import adapter_dir
     from scirl.export.hf_folder import DTYPES, check_output, write_hf_folder
     from scirl.export.scirl_ckpt import load_checkpoint_model
 
-    check_output(Path(ns.output), ns.force, sources=(Path(ns.checkpoint),))
+    ckpt = _checkpoint_of(Path(ns.checkpoint))
+    check_output(Path(ns.output), ns.force, sources=(ckpt,))
     _quiet_transformers()
-    model, source = load_checkpoint_model(Path(ns.checkpoint))
+    if adapter_dir(ckpt) is not None:
+        return _export_lora(ckpt, ns)
+    if ns.adapter_only:
+        raise ScirlError(f"--adapter-only: {ckpt} holds no LoRA adapter (no model/adapter_config.json)")
+    model, source = load_checkpoint_model(ckpt)
     out = write_hf_folder(model, source.meta, Path(ns.output), DTYPES[ns.dtype], ns.force)
     print(f"exported {ns.checkpoint} ({source.kind}) -> {out}: {_count(model)}, {ns.dtype}")
+    return 0
+
+
+def _checkpoint_of(path: Path) -> Path:
+    """A checkpoint folder as given, or a run folder's latest usable checkpoint (one line when it has none)."""
+    if (path / "checkpoints").is_dir() and not (path / "trainer_state.pt").is_file():
+        from scirl.ckpt.checkpoint import latest_checkpoint
+
+        ckpt = latest_checkpoint(path)
+        if ckpt is None:
+            raise ScirlError(f"{path}: the run has no usable checkpoint under {path / 'checkpoints'}")
+        return ckpt
+    return path
+
+
+def _export_lora(ckpt: Path, ns) -> int:
+    from scirl.export.adapter import load_base_and_adapter, merged_model
+    from scirl.export.hf_folder import DTYPES, write_hf_folder
+    from scirl.export.scirl_ckpt import find_source
+
+    meta = ckpt / "hf_meta" if (ckpt / "hf_meta" / "config.json").is_file() else find_source(ckpt).meta
+    peft_model, base = load_base_and_adapter(ckpt)
+    if ns.adapter_only:
+        out = write_hf_folder(peft_model, meta, Path(ns.output), DTYPES[ns.dtype], ns.force)
+        n = sum(p.numel() for name, p in peft_model.named_parameters() if "lora_" in name)
+        print(f"exported the adapter of {ckpt} (base {base}) -> {out}: {n} adapter parameters, {ns.dtype}")
+        return 0
+    model = merged_model(peft_model)
+    out = write_hf_folder(model, meta, Path(ns.output), DTYPES[ns.dtype], ns.force)
+    print(f"exported {ckpt} (base {base} + LoRA adapter, merged) -> {out}: {_count(model)}, {ns.dtype}")
     return 0
 
 
