@@ -118,3 +118,12 @@ def test_lora_run_with_kl_resumes_bitwise_and_saves_the_adapter(tmp_path):
     assert last(full) == last(part)
     kl = [k for k in last(full) if "kl" in k]
     assert kl and any(last(full)[k] != 0 for k in kl), last(full)  # the KL term against the base is live
+
+
+def test_tiny_lora_recipe_loads():
+    import scirl
+
+    cfg = load_config(Path(scirl.__file__).parent / "recipes" / "tiny_lora.yaml")
+    assert cfg.model.lora.rank == 16 and cfg.model.path == "builtin:tiny-qwen3"
+    assert set(cfg.model.lora.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                  "down_proj"}
