@@ -127,3 +127,16 @@ def test_tiny_lora_recipe_loads():
     assert cfg.model.lora.rank == 16 and cfg.model.path == "builtin:tiny-qwen3"
     assert set(cfg.model.lora.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                   "down_proj"}
+
+
+def test_gradients_reach_the_adapter_with_gradient_checkpointing():
+    from scirl.train.fsdp import enable_gradient_checkpointing
+
+    model, _ = load_model_and_tokenizer("builtin:tiny-qwen3")
+    peft = apply_lora(model, _lora_cfg())
+    enable_gradient_checkpointing(peft)
+    peft.train()
+    peft(torch.tensor([[5, 6, 7, 8, 9]])).logits.logsumexp(-1).sum().backward()
+    grads = {n: p.grad for n, p in peft.named_parameters() if p.requires_grad}
+    assert all(g is not None for g in grads.values())
+    assert any(g.abs().max() > 0 for n, g in grads.items() if "lora_B" in n)
