@@ -104,6 +104,9 @@ def is_checkpointing(model: torch.nn.Module) -> bool:
     """Gradient checkpointing is on and the model is training (HF then drops the KV cache)."""
     if not model.training:
         return False
+    unwrap = getattr(model, "get_base_model", None)  # a peft PeftModel (model.lora): ask the wrapped model
+    if unwrap is not None:
+        model = unwrap()
     flag = getattr(type(model), "is_activation_checkpointing", None)
     return bool(model.is_activation_checkpointing if flag is not None else getattr(model, "is_gradient_checkpointing", False))
 
