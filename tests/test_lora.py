@@ -93,7 +93,8 @@ def test_adapter_disabled_reference_equals_the_base_model():
 
 def test_lora_run_with_kl_resumes_bitwise_and_saves_the_adapter(tmp_path):
     extra = {**LORA, "trainer.save_freq": 2, "trainer.total_steps": 3, "actor.lr": 1e-2, "actor.use_kl_loss": True,
-             "data.train_size": 16, "rollout.max_new_tokens": 16, "reward.name": f"{REWARD}:score"}
+             "data.train_size": 16, "rollout.max_new_tokens": 16, "reward.name": f"{REWARD}:score",
+             "data.val_size": 4, "rollout.val_n": 2}
     run_training(load_config(None, small_overrides(tmp_path, **{**extra, "trainer.run_name": "full"})))
     full = tmp_path / "full"
     model_dir = full / "checkpoints" / "step_2" / "model"

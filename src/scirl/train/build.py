@@ -22,7 +22,7 @@ from scirl.rollout.base import RolloutEngine
 from scirl.train.actor import Actor
 from scirl.train.distill import make_teacher
 from scirl.train.fsdp import enable_gradient_checkpointing, shard_model
-from scirl.train.lora import AdapterDisabledReference, apply_lora, is_adapter_folder, lora_on
+from scirl.train.lora import AdapterDisabledReference, apply_lora, lora_on
 from scirl.train.model_loading import load_model_and_tokenizer, pick_device, resolve_model_path
 from scirl.train.teachers import FrozenReference
 
@@ -81,14 +81,12 @@ def build_run(cfg: Config, init_path: str) -> RunParts:
     # reward workers are forked before the model and tokenizer spin up their threads
     pool = RewardPool(cfg.reward.name, workers=cfg.reward.workers, timeout=cfg.reward.timeout)
     device = pick_device(t.device)
-    # LoRA: the base is model.path, the adapter fresh or a checkpoint's model/ (an adapter folder)
-    adapter = init_path if lora_on(cfg) and is_adapter_folder(init_path) else None
-    model, tokenizer = load_model_and_tokenizer(cfg.model.path if adapter else init_path, cfg.model.dtype, device,
-                                                cfg.model.attn_implementation)
-    if lora_on(cfg):
+    model, tokenizer = load_model_and_tokenizer(init_path, cfg.model.dtype, device, cfg.model.attn_implementation)
+    if lora_on(cfg):  # a fresh adapter on model.path; on resume dcp/ restores it (model/ is an adapter folder, so
+        # init_weights_path gives model.path)
         if dist.world_size() > 1:
             raise ScirlError("model.lora.rank > 0 runs on one process for now (trainer.nproc_per_node=1)")
-        model = apply_lora(model, cfg.model.lora, adapter)
+        model = apply_lora(model, cfg.model.lora)
     train_ps = tokenize_prompt_set(train_ps, tokenizer, d, "data.train")
     val_ps = tokenize_prompt_set(val_ps, tokenizer, d, "data.val")
     reference = None

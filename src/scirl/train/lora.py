@@ -5,22 +5,15 @@ holds (adapter_config.json + adapter_model.safetensors: peft's `save_pretrained`
 from __future__ import annotations
 
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 
 from scirl.errors import ScirlError
 from scirl.train.logprobs import batched_logprobs, response_log_softmax
 
-ADAPTER_CONFIG = "adapter_config.json"
-
 
 def lora_on(cfg) -> bool:
     return cfg.model.lora.rank > 0
-
-
-def is_adapter_folder(path) -> bool:
-    return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
 def linear_layer_names(model: torch.nn.Module) -> list[str]:
