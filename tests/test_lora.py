@@ -131,12 +131,13 @@ def test_tiny_lora_recipe_loads():
 
 
 def test_gradients_reach_the_adapter_with_gradient_checkpointing():
-    from scirl.train.fsdp import enable_gradient_checkpointing
+    from scirl.train.fsdp import enable_gradient_checkpointing, is_checkpointing
 
     model, _ = load_model_and_tokenizer("builtin:tiny-qwen3")
     peft = apply_lora(model, _lora_cfg())
     enable_gradient_checkpointing(peft)
     peft.train()
+    assert is_checkpointing(peft)  # seen through the peft wrapper (the log-prob path's shared-prefix switch)
     peft(torch.tensor([[5, 6, 7, 8, 9]])).logits.logsumexp(-1).sum().backward()
     grads = {n: p.grad for n, p in peft.named_parameters() if p.requires_grad}
     assert all(g is not None for g in grads.values())
