@@ -261,7 +261,8 @@ class TrainerConfig:
     launcher: str = "torchrun"  # torchrun | ray: how scirl starts nnodes x nproc_per_node processes
     save_hf: bool = True  # each checkpoint also holds a loadable HF folder (model/), gathered on rank 0
     best_metric: str = ""  # eval JSON metric (mean@k, pass@k, maj@k, best@k; val/ prefix ok) kept in checkpoints/best/
-    best_mode: str = "max"  # max | min: which way best_metric improves    logger: list[str] = field(default_factory=lambda: ["console", "jsonl"])  # + tensorboard | mlflow | wandb
+    best_mode: str = "max"  # max | min: which way best_metric improves
+    logger: list[str] = field(default_factory=lambda: ["console", "jsonl"])  # + tensorboard | mlflow | wandb
     mlflow_uri: str = ""  # MLflow tracking URI: a folder (file store) or sqlite:///file.db ("": <run folder>/mlruns)
     project_name: str = "scirl"  # the MLflow experiment / W&B project; the run is trainer.run_name
 
