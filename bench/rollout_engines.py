@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scaling import build_25m  # noqa: E402
+from scaling import bench_models  # noqa: E402
 
 
 def prompts(tok, count: int) -> list[list[int]]:
@@ -123,12 +123,7 @@ def main() -> None:
           f"python {sys.executable}")
     print(f"{'model':24} {'engine':8} {'tokens/s':>10} {'vs hf':>7}")
     with tempfile.TemporaryDirectory(prefix="scirl-engines-") as tmp:
-        for name in a.models.split(","):
-            if name == "tiny":
-                label, model = "tiny (0.85M)", "builtin:tiny-qwen3"
-            else:
-                path, count = build_25m(Path(tmp) / "qwen3-25m")
-                label, model = f"qwen3-shaped ({count / 1e6:.1f}M)", str(path)
+        for label, model in bench_models(a.models, Path(tmp)).items():
             rates = engine_rates(model, engines, a)
             base = rates.get("hf")
             for kind in engines:

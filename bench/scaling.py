@@ -48,6 +48,18 @@ def build_25m(folder: Path) -> tuple[Path, int]:
     return folder, sum(p.numel() for p in model.parameters())
 
 
+def bench_models(names: str, tmp: Path) -> dict[str, str]:
+    """{label: model path} for a comma list of `tiny` (the bundled model) and `25m` (built into `tmp`)."""
+    models = {}
+    for name in names.split(","):
+        if name == "tiny":
+            models["tiny (0.85M)"] = "builtin:tiny-qwen3"
+        else:
+            path, n = build_25m(tmp / "qwen3-25m")
+            models[f"qwen3-shaped ({n / 1e6:.1f}M)"] = str(path)
+    return models
+
+
 def descendants(pid: int) -> list[int]:
     out, todo = [], [pid]
     while todo:
@@ -109,13 +121,7 @@ def main() -> None:
     nprocs = [int(n) for n in a.nproc.split(",")]
     with tempfile.TemporaryDirectory(prefix="scirl-scaling-") as tmp:
         tmp = Path(tmp)
-        models = {}
-        for name in a.models.split(","):
-            if name == "tiny":
-                models["tiny (0.85M)"] = "builtin:tiny-qwen3"
-            else:
-                path, n = build_25m(tmp / "qwen3-25m")
-                models[f"qwen3-shaped ({n / 1e6:.1f}M)"] = str(path)
+        models = bench_models(a.models, tmp)
         print(f"{'model':24} {'procs':>5} {'step s':>8} {'peak MiB/rank':>14} {'step vs 1 proc':>15}")
         for label, path in models.items():
             base = None

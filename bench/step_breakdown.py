@@ -99,15 +99,9 @@ def main() -> None:
     os.environ["BENCH_REWARD_LATENCY"] = str(a.latency)
     with tempfile.TemporaryDirectory(prefix="scirl-breakdown-") as tmp:
         tmp = Path(tmp)
-        models = {}
-        for name in a.models.split(","):
-            if name == "tiny":
-                models["tiny (0.85M)"] = "builtin:tiny-qwen3"
-            else:
-                from scaling import build_25m
+        from scaling import bench_models
 
-                path, n = build_25m(tmp / "qwen3-25m")
-                models[f"qwen3-shaped ({n / 1e6:.1f}M)"] = str(path)
+        models = bench_models(a.models, tmp)
         print(f"reward: {a.latency * 1000:.0f} ms per call, {a.workers} workers; 32 rows per step; seconds per step "
               f"(median of {a.reps} steps per arm, the arms taking turns)")
         head = "".join(f"{c:>9}" for c, _ in COLUMNS)
