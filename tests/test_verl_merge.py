@@ -51,7 +51,7 @@ def _merge(capsys, *args) -> tuple[int, str]:
 
 
 def test_help_of_both_commands_without_loading_torch():
-    for command, first in (("merge", "scirl merge --from verl DIR -o OUT"), ("export", "scirl export CKPT -o DIR")):
+    for command, first in (("merge", "scirl merge --from verl DIR -o OUT"), ("export", "scirl export CKPT_OR_RUN -o DIR")):
         proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "scirl", command, "--help"],
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0 and proc.stdout.startswith(first)
