@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from scirl.rollout.assemble import eos_and_pad
 from scirl.rollout.base import SamplingParams, Trajectories
 
 
@@ -35,15 +36,7 @@ class HFRolloutEngine:
         self.shares_module = shares_module  # the trainer's own module: nothing to push, nothing can go stale
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
-        self.eos_ids = self._eos_ids()
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
-
-    def _eos_ids(self) -> list[int]:
-        eos = self.model.generation_config.eos_token_id
-        ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
-        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
-            ids.append(self.tokenizer.eos_token_id)
-        return ids
+        self.eos_ids, self.pad_id = eos_and_pad(tokenizer, model.generation_config)
 
     @torch.no_grad()
     def update_weights(self, state_dict: dict[str, torch.Tensor] | None) -> None:

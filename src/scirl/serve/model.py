@@ -96,6 +96,7 @@ class ChatModel:
     """A causal LM and its tokenizer; `complete` runs one validated request (callers hold `lock`)."""
 
     def __init__(self, path: str, device: str = "auto", dtype: str = "float32", default_max_tokens: int = 256):
+        from scirl.rollout.assemble import eos_and_pad
         from scirl.train.model_loading import load_model_and_tokenizer, pick_device
 
         self.model, self.tokenizer = load_model_and_tokenizer(path, dtype=dtype, device=pick_device(device))
@@ -105,11 +106,7 @@ class ChatModel:
         self.default_max_tokens = default_max_tokens
         cfg = self.model.config
         self.context = getattr(cfg, "max_position_embeddings", None) or getattr(self.tokenizer, "model_max_length", 0)
-        eos = self.model.generation_config.eos_token_id
-        self.eos_ids = list(eos) if isinstance(eos, list) else [eos] if eos is not None else []
-        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in self.eos_ids:
-            self.eos_ids.append(self.tokenizer.eos_token_id)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.eos_ids, self.pad_id = eos_and_pad(self.tokenizer, self.model.generation_config)
 
     def prompt_ids(self, messages: list[dict], kwargs: dict) -> list[int]:
         try:

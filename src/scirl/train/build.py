@@ -74,7 +74,7 @@ class RunParts:
 def build_run(cfg: Config, init_path: str) -> RunParts:
     """This rank's components, the policy loaded from `init_path` (the model or a checkpoint's HF folder)."""
     d, t = cfg.data, cfg.trainer
-    resolve_model_path(init_path)  # fail fast on a bad model.path
+    init_folder = resolve_model_path(init_path)  # fail fast on a bad model.path
     train_ps, val_ps = load_prompt_set(d, "train"), load_prompt_set(d, "val")
     require_rewards(train_ps.samples, cfg.reward.name, "data.train")
     require_rewards(val_ps.samples, cfg.reward.name, "data.val")
@@ -90,11 +90,12 @@ def build_run(cfg: Config, init_path: str) -> RunParts:
     train_ps = tokenize_prompt_set(train_ps, tokenizer, d, "data.train")
     val_ps = tokenize_prompt_set(val_ps, tokenizer, d, "data.val")
     reference = None
-    if lora_on(cfg) and (cfg.actor.use_kl_loss or cfg.algorithm.use_kl_in_reward or cfg.distill.teacher == "reference"):
+    needs_reference = cfg.actor.use_kl_loss or cfg.algorithm.use_kl_in_reward or cfg.distill.teacher == "reference"
+    if needs_reference and lora_on(cfg):
         # the initial policy is the base: the policy's module with the adapter disabled, no second copy
         reference = AdapterDisabledReference(model, cfg.actor.ppo_micro_batch_size, cfg.rollout.temperature,
                                              chunk_size=cfg.actor.logprobs_chunk_size)
-    elif cfg.actor.use_kl_loss or cfg.algorithm.use_kl_in_reward or cfg.distill.teacher == "reference":
+    elif needs_reference:
         # a frozen copy of the *initial* policy
         reference = FrozenReference(cfg.model.path, cfg.model.dtype, device, cfg.model.attn_implementation,
                                     cfg.actor.ppo_micro_batch_size, cfg.rollout.temperature,
@@ -117,11 +118,10 @@ def build_run(cfg: Config, init_path: str) -> RunParts:
         shard_model(model, cfg.actor.fsdp, device)
     actor = Actor(model, cfg)
     r = cfg.rollout
-    engine = make_engine(r.engine, cfg, rollout_model, tokenizer, resolve_model_path(init_path), not sharded)
+    engine = make_engine(r.engine, cfg, rollout_model, tokenizer, init_folder, not sharded)
     val_engine = None
     if r.val_engine and r.val_engine != r.engine:
-        val_engine = make_engine(r.val_engine, cfg, rollout_model, tokenizer, resolve_model_path(init_path),
-                                 not sharded)
+        val_engine = make_engine(r.val_engine, cfg, rollout_model, tokenizer, init_folder, not sharded)
     # an engine with weights of its own (vLLM, a server, the rollout copy under FSDP) gets them after every step
     actor.push_weights = any(not e.shares_module for e in (engine, val_engine) if e is not None)
     sampler = make_sampler(train_ps, d.train_batch_size, d.seed, d.shuffle)
