@@ -52,6 +52,18 @@ def apply_lora(model: torch.nn.Module, lora, adapter_path: str | None = None) ->
     return get_peft_model(model, config)
 
 
+def merged_state_dict(state: dict[str, torch.Tensor], lora) -> dict[str, torch.Tensor]:
+    """A LoRA policy's state dict (peft names) as the plain model's: every adapter folded into its base weight
+    (W + alpha/r * B @ A, in fp32), `modules_to_save` copies under their own names, peft's originals dropped. What
+    an engine holding plain HF weights (vLLM, a server, the rollout copy under FSDP) loads after a step; computed
+    from the tensors, so the trainer's module is never merged and unmerged in place (no drift)."""
+    from scirl.export.lora import LoraSettings, merge_lora, strip_peft_prefix
+
+    plain = {k.replace(".modules_to_save.default.", "."): v for k, v in strip_peft_prefix(state).items()
+             if ".original_module." not in k}
+    return merge_lora(plain, LoraSettings(lora.rank, lora.alpha), "model.lora")
+
+
 @contextmanager
 def _base_eval(model):
     """The adapter disabled and the module in eval mode (dropout off) for the duration; both restored after."""
