@@ -39,10 +39,11 @@ def run(tmp_path_factory):
     return tmp / "t"
 
 
-def _results(text: str) -> dict[str, dict[str, str]]:
-    """The results table: row label -> {column: cell}."""
+def _results(text: str, table: int = 0) -> dict[str, dict[str, str]]:
+    """The results section's `table`-th table (0: metrics, 1: reward components): row label -> {column: cell}."""
     section = text.split("## Results", 1)[1].split("\n## ", 1)[0]
-    lines = [ln for ln in section.splitlines() if ln.startswith("|")]
+    blocks = re.findall(r"(?:^\|.*\n?)+", section, flags=re.M)
+    lines = blocks[table].splitlines()
     head = [c.strip() for c in lines[0].strip("|").split("|")]
     return {cells[0]: dict(zip(head[1:], cells[1:])) for cells in
             ([c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:])}
@@ -73,6 +74,13 @@ def test_card_written_at_end_of_run_matches_eval_json(run, monkeypatch):
             if not key.startswith("std"):
                 assert index[f"{key} ({label}, step {step})"] == value  # exact in the header
     assert 'subfolder="checkpoints/best/model"' in text
+    components = _results(text, table=1)  # the reward's named parts, as eval/step_N.json has them
+    assert list(components) == ["before", "best", "final"]
+    for label, step in (("before", 0), ("best", 2), ("final", 3)):
+        parts = evals[step]["reward_components"]
+        assert parts and set(components[label]) - {"step"} == set(parts)
+        for key, value in parts.items():
+            assert components[label][key] == f"{value:.4f}", (label, key)
     for section in ("Summary", "Training pipeline", "Hyperparameters", "Datasets", "Results", "Curves",
                     "How to load", "Intended use and limitations", "Licence"):
         assert f"## {section}" in text
@@ -110,3 +118,24 @@ def test_card_cli_hub_base_licence_and_plots(run, tmp_path):
     res = subprocess.run([sys.executable, "-m", "scirl", "card", str(tmp_path / "nope")], capture_output=True,
                          text=True, env=env)
     assert res.returncode == 2 and re.search(r"run folder .*nope not found", res.stderr)
+
+
+def test_export_writes_the_card_into_the_exported_folder(run, tmp_path):
+    """`scirl export RUN` publishes a folder that loads on its own: its README.md is the run's card, the loading
+    snippet points at the folder itself (no subfolder) and the curves are copied beside it."""
+    (run / "plots").mkdir(exist_ok=True)
+    (run / "plots" / "reward.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    out = tmp_path / "exported"
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src")}
+    res = subprocess.run([sys.executable, "-m", "scirl", "export", str(run), "-o", str(out)], capture_output=True,
+                         text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    assert f"model card: {out / 'README.md'}" in res.stdout
+    card = ModelCard.load(out / "README.md")
+    assert card.data.pipeline_tag == "text-generation" and "grpo" in card.data.tags
+    assert f'repo = "{out.as_posix()}"' in card.text and "subfolder=" not in card.text
+    assert "](plots/reward.png)" in card.text and (out / "plots" / "reward.png").read_bytes().startswith(b"\x89PNG")
+    assert _results(card.text)["final"]["step"] == "3"
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out).num_parameters() > 0  # still a plain HF folder

@@ -141,7 +141,8 @@ def compute_eval_metrics(
     optional "correct" (bool)}. Metrics per prompt, averaged unweighted over prompts (overall and per
     data_source): mean@n, std@n, pass@k for k in 1, 2, 4, ..., n (a sample is correct when its "correct" is
     true, or without one when score >= `threshold`), best@n (verl bootstrap best@n/mean) and maj@n (bootstrap
-    maj@n/mean; present when the records carry a "pred" key, a None pred being one more vote).
+    maj@n/mean; present when the records carry a "pred" key, a None pred being one more vote). Records with a
+    "components" dict (the reward's named parts) give "reward_components": each part's mean over the samples.
     Prompts with more than the smallest sample count are truncated to their first n samples by `sample`
     index, and the JSON gets a "note" saying so.
     """
@@ -176,8 +177,12 @@ def compute_eval_metrics(
     use_preds = any("pred" in r for r in records)  # verl: maj@N whenever the reward reports a pred (None votes too)
 
     per_prompt: dict[str, dict[str, float]] = {}
+    components: dict[str, list[float]] = defaultdict(list)
     for pid, rs in by_prompt.items():
         rs = rs[:n]
+        for r in rs:
+            for name, value in (r.get("components") or {}).items():
+                components[name].append(float(value))
         scores = [float(r["score"]) for r in rs]
         preds = [r.get("pred") for r in rs] if use_preds else None
         correct = [bool(r["correct"]) if "correct" in r else float(r["score"]) >= threshold for r in rs]
@@ -195,6 +200,8 @@ def compute_eval_metrics(
         "by_source": {src: _average(rows) for src, rows in sources.items()},  # in order of first appearance
         "prompts_by_source": {src: len(rows) for src, rows in sources.items()},
     }
+    if components:  # the reward's named parts (composite: format / trace / eed ...), mean over the samples that log it
+        out["reward_components"] = {name: float(np.mean(v)) for name, v in sorted(components.items())}
     if note:
         out["note"] = note
     return out

@@ -42,7 +42,7 @@ def generate_and_grade(engine, pool, samples: list[Sample], prompt_ids: list[lis
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     records = [
         {"prompt_id": s.prompt_id, "data_source": s.data_source, "sample": j, "response": text,
-         "pred": r.pred, "score": float(r.score),
+         "pred": r.pred, "score": float(r.score), "components": dict(r.components),
          "correct": bool(r.score >= s.metadata.get("correct_threshold", 0.5))}
         for s, j, text, r in zip(rows, traj.sample_index, traj.texts, results)
     ]

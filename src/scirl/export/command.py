@@ -76,6 +76,7 @@ def export_main(args: list[str]) -> int:
     model, source = load_checkpoint_model(ckpt)
     out = write_hf_folder(model, source.meta, Path(ns.output), DTYPES[ns.dtype], ns.force)
     print(f"exported {ns.checkpoint} ({source.kind}) -> {out}: {_count(model)}, {ns.dtype}")
+    _write_card_into(ckpt, out)
     return 0
 
 
@@ -102,11 +103,24 @@ def _export_lora(ckpt: Path, ns) -> int:
         out = write_hf_folder(peft_model, meta, Path(ns.output), DTYPES[ns.dtype], ns.force)
         n = sum(p.numel() for name, p in peft_model.named_parameters() if "lora_" in name)
         print(f"exported the adapter of {ckpt} (base {base}) -> {out}: {n} adapter parameters, {ns.dtype}")
+        _write_card_into(ckpt, out)
         return 0
     model = merged_model(peft_model)
     out = write_hf_folder(model, meta, Path(ns.output), DTYPES[ns.dtype], ns.force)
     print(f"exported {ckpt} (base {base} + LoRA adapter, merged) -> {out}: {_count(model)}, {ns.dtype}")
+    _write_card_into(ckpt, out)
     return 0
+
+
+def _write_card_into(ckpt: Path, out: Path) -> None:
+    """The run's model card as OUT/README.md (with its plots) when the checkpoint sits in a run folder
+    (RUN/checkpoints/step_N or RUN/checkpoints/best): an exported folder is what gets published."""
+    run = ckpt.resolve().parent.parent
+    if ckpt.resolve().parent.name != "checkpoints" or not (run / "config.yaml").is_file():
+        return
+    from scirl.publish.card import write_card
+
+    print(f"model card: {write_card(run, out / 'README.md')}")
 
 
 def merge_main(args: list[str]) -> int:

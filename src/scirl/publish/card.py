@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import yaml
@@ -179,17 +180,30 @@ def build_card(run_dir: Path | str, out_dir: Path | str | None = None):
         if best:
             parts.append(f"The best checkpoint is step {best['step']} by `{best['metric']}` ({best['mode']}) = "
                          f"{_fmt(float(best['value']))}.")
+        comps = list(dict.fromkeys(k for _, s in rows for k in evals[s].get("reward_components", {})))
+        if comps:
+            parts += ["", "Reward components (mean over the validation samples; `/weighted` is weight × part):", "",
+                      _table(["", "step", *comps], [[label, step, *(evals[step].get("reward_components", {})
+                                                                    .get(k, "–") for k in comps)]
+                                                    for label, step in rows])]
     else:
         parts.append("No validation results yet.")
+    exported = (out_dir / "config.json").is_file() or (out_dir / "adapter_config.json").is_file()
     plots = sorted((run / "plots").glob("*.png"))
+    if exported and plots:  # an exported model folder is published on its own: it carries its curves
+        (out_dir / "plots").mkdir(exist_ok=True)
+        plots = [Path(shutil.copy2(p, out_dir / "plots" / p.name)) for p in plots]
     parts += ["", "## Curves", ""]
     parts += [f"![{p.stem}]({Path(os.path.relpath(p, out_dir)).as_posix()})" for p in plots] or [
         "No plots in `plots/` (scirl writes them at each validation when plotting is available)."]
     sub = "checkpoints/best/model" if best else (f"checkpoints/step_{final_step}/model" if final_step else "model")
+    repo, sub_arg = (out_dir, "") if exported else (run, f', subfolder="{sub}"')
     parts += ["", "## How to load", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-              "", f'repo = "{run.as_posix()}"  # or the hub repo this folder is uploaded to',
-              f'model = AutoModelForCausalLM.from_pretrained(repo, subfolder="{sub}")',
-              f'tokenizer = AutoTokenizer.from_pretrained(repo, subfolder="{sub}")', "```"]
+              "", f'repo = "{repo.as_posix()}"  # or the hub repo this folder is uploaded to',
+              f'model = AutoModelForCausalLM.from_pretrained(repo{sub_arg})',
+              f'tokenizer = AutoTokenizer.from_pretrained(repo{sub_arg})', "```"]
+    if exported and (out_dir / "adapter_config.json").is_file():
+        parts.insert(-1, "# a LoRA adapter folder: transformers loads the base model and the adapter (needs peft)")
     parts += ["", "## Intended use and limitations", "",
               f"A research checkpoint for reasoning on `{train_ds}`-style problems. It was trained and validated on "
               "the datasets above only; the numbers are on the validation split with sampling "
