@@ -28,9 +28,11 @@ def make_teacher(cfg: Config, model, tokenizer, reference, device: str):
     """The configured teacher (None when nothing reads one). `reference` is reused for distill.teacher=reference."""
     if not uses_teacher(cfg):
         return None
-    from scirl.train.teachers import EMATeacher, ExternalTeacher
+    from scirl.train.teachers import AdapterEMATeacher, EMATeacher, ExternalTeacher
 
     ds, micro, temp = cfg.distill, cfg.actor.ppo_micro_batch_size, cfg.rollout.temperature
+    if ds.teacher == "ema" and cfg.model.lora.rank > 0:  # LoRA: an EMA of the adapter over the shared base
+        return AdapterEMATeacher(model, micro, temp, chunk_size=cfg.actor.logprobs_chunk_size)
     if ds.teacher == "ema":
         return EMATeacher(model, micro, temp, chunk_size=cfg.actor.logprobs_chunk_size)
     if ds.teacher == "reference":

@@ -100,7 +100,7 @@ def _run(cfg: Config) -> dict:
 
 def _saved_modules(cfg: Config, teacher) -> dict:
     """Modules checkpointed beside the policy in dcp/, by name."""
-    return {"ema_teacher": teacher.model} if cfg.distill.teacher == "ema" else {}
+    return {"ema_teacher": teacher.state_module} if cfg.distill.teacher == "ema" else {}
 
 
 def _restore(start: RunStart, cfg: Config, parts) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import contextmanager
 
 import torch
 
@@ -75,13 +76,16 @@ class EMATeacher(_Teacher):
         self.micro_batch_size = micro_batch_size
         self.temperature = temperature
         self.chunk_size = chunk_size
-        self.chunk_size = chunk_size
+
+    @property
+    def state_module(self) -> torch.nn.Module:
+        """The module a checkpoint saves for this teacher (its own copy of the model)."""
+        return self.model
 
     @torch.no_grad()
     def update(self, student_model: torch.nn.Module, rate: float) -> None:
         """theta_T <- (1 - rate) theta_T + rate theta_S for every parameter (in place); buffers are copied."""
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or math.isnan(rate) or not 0 <= rate <= 1:
-            raise ScirlError(f"distill.teacher_update_rate must be a number in [0, 1], got {rate!r}")
+        _check_rate(rate)
         reshard(student_model)  # sharded: read the parameters' shards, not what a root forward left unsharded
         reshard(self.model)
         mine = dict(self.model.named_parameters())
@@ -104,6 +108,88 @@ class EMATeacher(_Teacher):
     def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state_dict)
         self._freeze()
+
+
+def _check_rate(rate) -> None:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or math.isnan(rate) or not 0 <= rate <= 1:
+        raise ScirlError(f"distill.teacher_update_rate must be a number in [0, 1], got {rate!r}")
+
+
+class _TensorStore(torch.nn.Module):
+    """Named tensors as buffers of a module (module names may not contain '.': it becomes '__'), so that the
+    checkpoint code saves and restores them like any other module."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        super().__init__()
+        for name, t in tensors.items():
+            self.register_buffer(name.replace(".", "__"), t)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        return getattr(self, name.replace(".", "__"))
+
+
+class AdapterEMATeacher(_Teacher):
+    """The EMA self-teacher of a LoRA run: theta_T = the frozen base + an EMA of the *trainable* tensors only (the
+    adapter and modules_to_save), theta_T <- (1 - rate) theta_T + rate theta_S on those. The base is held once:
+    to score, the student's module is run with the EMA tensors standing in for its trainable parameters (swapped as
+    module attributes, not copied into them: the student's parameters, and any autograd graph that saved them, are
+    untouched). Memory: one adapter, not one model."""
+
+    def __init__(self, student_model: torch.nn.Module, micro_batch_size: int = 8, temperature: float = 1.0,
+                 chunk_size: int = 0):
+        self.model = student_model
+        self.names = [n for n, p in student_model.named_parameters() if p.requires_grad]
+        if not self.names:
+            raise ValueError("AdapterEMATeacher: the student has no trainable parameters")
+        params = dict(student_model.named_parameters())
+        self.state_module = _TensorStore({n: params[n].detach().clone() for n in self.names})
+        self.micro_batch_size = micro_batch_size
+        self.temperature = temperature
+        self.chunk_size = chunk_size
+
+    @torch.no_grad()
+    def update(self, student_model: torch.nn.Module, rate: float) -> None:
+        _check_rate(rate)
+        reshard(student_model)
+        params = dict(student_model.named_parameters())
+        for name in self.names:
+            t = local(self.state_module.tensor(name))
+            t.lerp_(local(params[name].detach()).to(device=t.device, dtype=t.dtype), float(rate))
+
+    @contextmanager
+    def _as_teacher(self):
+        """The student's module with the EMA tensors in place of its trainable parameters, in eval mode, for the
+        duration; its parameters and mode restored after. torch's `_reparametrize_module` is what the public
+        `torch.func.functional_call` runs on; used directly because scoring calls the model several ways (forward,
+        the chunked lm_head), which one functional call cannot wrap."""
+        from torch.nn.utils.stateless import _reparametrize_module
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with _reparametrize_module(self.model, {n: self.state_module.tensor(n) for n in self.names}):
+                yield
+        finally:
+            self.model.train(was_training)
+
+    @torch.no_grad()
+    def logprobs(self, traj: Trajectories) -> torch.Tensor:
+        with self._as_teacher():
+            return super().logprobs(traj)
+
+    @torch.no_grad()
+    def log_softmax(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                    response_ids: torch.Tensor) -> torch.Tensor:
+        with self._as_teacher():
+            return super().log_softmax(prompt_ids, prompt_mask, response_ids)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: self.state_module.tensor(n) for n in self.names}
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for n in self.names:
+                self.state_module.tensor(n).copy_(state_dict[n])
 
 
 def tokenizer_mismatch(teacher_tokenizer, student_tokenizer) -> str | None:
