@@ -73,3 +73,27 @@ def test_with_the_push_skipped_the_guard_stops_the_run(tmp_path, monkeypatch):
         with pytest.raises(ScirlError, match=r"rollout weight sync check failed after step 1: the OpenAIRolloutEngine "
                                              r"scores the probe sequence .* above rollout.sync_check_tol=0.0001"):
             run_training(cfg)
+
+
+def test_lora_run_pushes_the_merged_model_to_the_server(tmp_path):
+    """A LoRA policy with server rollouts: the server holds the plain model and is pushed base + adapter merged after
+    every step; its log-probs match the trainer's, and at the end it scores like `scirl export`'s merged folder."""
+    lora = {"model.lora.rank": 8, "model.lora.alpha": 16, "model.lora.target_modules": "[q_proj,v_proj]",
+            "actor.lr": 1e-2}
+    with running_server(tmp_path) as srv:
+        cfg = load_config(None, overrides(tmp_path, srv.url, **lora))
+        run_training(cfg)
+        rows = [json.loads(x) for x in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
+        for r in rows:
+            assert r["rollout/sync_logprob_diff"] < TOL and r["rollout/logprob_diff_mean"] < TOL
+        from scirl.cli import main
+
+        assert main(["export", str(tmp_path / "t"), "-o", str(tmp_path / "merged")]) == 0
+        merged, tok = load_model_and_tokenizer(str(tmp_path / "merged"))
+        base, _ = load_model_and_tokenizer("builtin:tiny-qwen3")
+        engine = OpenAIRolloutEngine.from_config(cfg, tok)
+        ids = tok.encode("Question: what is 6*7? Answer: \\boxed{42}", add_special_tokens=False)
+        served, want = server_logprobs(engine, merged, ids, 8)
+        _, before = server_logprobs(engine, base, ids, 8)
+        engine.close()
+        assert (served - before).abs().max() > 1e-4 and (served - want).abs().max() < TOL

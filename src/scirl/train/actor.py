@@ -18,6 +18,7 @@ from scirl.rollout.base import Trajectories
 from scirl.train.distill_losses import distill_terms, distribution_loss, needs_distributions, rlsd_kwargs
 from scirl.train.fsdp import compute_device, full_state_dict, is_sharded, sum_gradients_over_ranks
 from scirl.train.logprobs import batched_logprobs, logprobs_from_logits, response_logits, sequence_logprobs
+from scirl.train.lora import merged_state_dict
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
@@ -81,11 +82,18 @@ class Actor:
     def rollout_weights(self) -> dict[str, torch.Tensor] | None:
         """The weights a rollout engine must load after an optimizer step (THE weight-sync point): the full,
         unsharded state dict (one all-gather per parameter, on every rank) when the policy is FSDP-sharded or the
-        engine holds weights of its own (`push_weights`: vLLM, a server); None when the engine samples from this
-        very module (one process, hf: nothing to copy)."""
+        engine holds weights of its own (`push_weights`: vLLM, a server), with a LoRA adapter merged into the base
+        weights (plain HF names); None when the engine samples from this very module (one process, hf: nothing to
+        copy)."""
         if self.sharded:
-            return full_state_dict(self.model)
-        return {k: v.detach() for k, v in self.model.state_dict().items()} if self.push_weights else None
+            state = full_state_dict(self.model)
+        elif self.push_weights:
+            state = {k: v.detach() for k, v in self.model.state_dict().items()}
+        else:
+            return None
+        if self.cfg.model.lora.rank > 0:  # engines hold the plain model: the adapter folded in, HF names
+            return merged_state_dict(state, self.cfg.model.lora)
+        return state
 
     def _rows(self, traj: Trajectories, idx: torch.Tensor):
         dev = self.device()
