@@ -342,3 +342,24 @@ def test_a_ray_rank_killed_mid_save_ends_the_run_with_its_error_and_no_hang(ray_
                                             "is above")
     assert time.monotonic() - start < DEADLINE
     assert not (tmp_path / "f" / "checkpoints" / "step_1").exists()
+
+
+def test_report_folders_of_dead_launchers_are_swept(tmp_path, monkeypatch):
+    """A kill -9 of the launcher skips its cleanup: the next launch removes rank-report folders whose pid is gone,
+    and keeps those of live launchers."""
+    import subprocess
+    import tempfile
+
+    from scirl.launch.torchrun import _sweep_report_dirs
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    gone = tmp_path / f"scirl-ranks-{dead.pid}-abc"
+    alive = tmp_path / f"scirl-ranks-{os.getpid()}-def"
+    other = tmp_path / "scirl-ranks-xyz"  # an older name without a pid: left alone
+    for d in (gone, alive, other):
+        (d).mkdir()
+        (d / "rank_0.json").write_text("{}")
+    _sweep_report_dirs()
+    assert not gone.exists() and alive.is_dir() and other.is_dir()

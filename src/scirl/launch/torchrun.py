@@ -65,7 +65,8 @@ def torchrun_command(nproc: int, worker_argv: list[str]) -> list[str]:
 def launch_torchrun(nproc: int, worker_argv: list[str], threads: int) -> int:
     """Run `worker_argv` (e.g. ["-m", "scirl", "train", ...]) on `nproc` local ranks under torchrun; return the
     run's exit status (raises LaunchFailed with the failing rank's error)."""
-    report_dir = tempfile.mkdtemp(prefix="scirl-ranks-")
+    _sweep_report_dirs()
+    report_dir = tempfile.mkdtemp(prefix=f"scirl-ranks-{os.getpid()}-")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), LAUNCHER_PID: str(os.getpid()), REPORT_DIR: report_dir}
     try:
         agent = procs.popen(torchrun_command(nproc, worker_argv), env=env, start_new_session=True)
@@ -77,6 +78,14 @@ def launch_torchrun(nproc: int, worker_argv: list[str], threads: int) -> int:
     finally:
         shutil.rmtree(report_dir, ignore_errors=True)
     return run_status(code, reports, nproc, forward.signum)
+
+
+def _sweep_report_dirs() -> None:
+    """Remove the rank-report folders of launchers that are gone (a kill -9 skips the launcher's own cleanup)."""
+    for folder in Path(tempfile.gettempdir()).glob("scirl-ranks-*-*"):
+        pid = folder.name.split("-")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_status(launcher_code: int, reports: dict[int, dict], nproc: int, signum: int | None) -> int:
