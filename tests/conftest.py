@@ -1,5 +1,6 @@
 """Shared fixtures: the bundled tiny model, small fast configs, the shared data folder (skip when absent)."""
 
+import os
 import signal
 from pathlib import Path
 
@@ -10,6 +11,8 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 torch.set_num_threads(2)
+# No progress lines in the suite's output (stderr line counts are asserted); tests/test_progress.py turns them on.
+os.environ.setdefault("SCIRL_PROGRESS", "0")
 # A shell starts a background job (`make test &`, a CI runner) with SIGINT ignored, and Python keeps it ignored;
 # children inherit that, so the Ctrl-C tests would test nothing. Give this process (and, through exec's reset of
 # handled signals, every child) Python's normal Ctrl-C behaviour.

@@ -152,3 +152,16 @@ def test_scirl_grade_progress_on_and_off(tmp_path):
     off = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**ENV, "SCIRL_PROGRESS": "0"})
     assert off.returncode == 0 and off.stderr == "" and off.stdout == on.stdout.replace(
         on.stdout.split("throughput: ")[1].split("\n")[0], off.stdout.split("throughput: ")[1].split("\n")[0])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_reward_pool_reports_finished_counts(workers):
+    from scirl.data.sample import Sample
+    from scirl.rewards import RewardPool
+
+    items = [(Sample(prompt_id=str(i), messages=[], answer="3"), f"\\boxed{{{i % 4}}}", {}) for i in range(9)]
+    seen = []
+    with RewardPool("boxed_numeric", workers=workers, timeout=10) as pool:
+        results, _ = pool.score(items, on_progress=seen.append)
+    assert sum(r.score for r in results) == 2.0  # 3 and 7 -> \boxed{3}, twice
+    assert seen == sorted(set(seen)) and seen[-1] == 9 and (workers or seen == list(range(1, 10)))

@@ -183,23 +183,19 @@ def _generate_and_report(ns) -> int:
 
 
 def _run_batches(ns, model, tokenizer, pool, ps, stream) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     from scirl.eval.runner import generate_and_grade
     from scirl.eval.samples import add_grading_fields
     from scirl.log.console import console
+    from scirl.progress import progress
     from scirl.rollout.base import SamplingParams
     from scirl.rollout.hf_engine import HFRolloutEngine
 
     engine = HFRolloutEngine(model, tokenizer)
     sampling = SamplingParams(ns.n, ns.temperature, ns.top_p, ns.max_new_tokens)
     total = len(ps.samples)
-    live = console.is_terminal
-    progress = Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
-                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                        TimeRemainingColumn(), console=console, disable=not live)
-    with progress:
-        task = progress.add_task("eval", total=total, completed=stream.done, info="")
+    several = len(ps.labels) > 1
+    with progress(total, f"eval {ns.data}", "prompts", initial=stream.done) as bar:
+        lines = not (bar.live and console.is_terminal)  # a live bar on the same screen replaces the batch lines
         for start in range(stream.done, total, ns.batch_prompts):  # resumed: starts on a batch boundary
             stop = min(total, start + ns.batch_prompts)
             batch = ps.samples[start:stop]
@@ -208,8 +204,8 @@ def _run_batches(ns, model, tokenizer, pool, ps, stream) -> None:
             stream.append(start, stop, add_grading_fields(recs, batch), st)  # on disk before the next batch
             acc = sum(r["correct"] for r in stream.records) / max(1, len(stream.records))
             info = f"acc {acc:.3f}  timeouts {stream.stats['timeouts']}"
-            progress.update(task, completed=stop, info=info)
-            if not live:
+            bar.update(stop, info=info + (f"  {batch[-1].data_source}" if several else ""))
+            if lines:
                 console.print(f"eval {stop}/{total} prompts  {info}", highlight=False)
 
 
@@ -298,8 +294,12 @@ def _regrade(numbered: list[tuple[int, dict]], path: Path, ns) -> dict:
                              f"--reward NAME (e.g. math, mcq, boxed_numeric)")
         items.append((row_sample(r, questions.get(str(r["prompt_id"]))), r["response"], {}))
     workers = ns.workers if ns.workers is not None else min(8, os.cpu_count() or 1)
+    from scirl.progress import progress
+
     with RewardPool(ns.reward, workers=workers, timeout=ns.timeout) as pool:
-        results, stats = pool.score(items)
+        with progress(len(items), f"regrade {path.name}", "rows") as bar:
+            results, stats = pool.score(items, on_progress=bar.update)
+            bar.update(len(results))
         if stats["errors"] or stats["timeouts"]:
             from scirl.log.console import console
 

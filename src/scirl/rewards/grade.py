@@ -27,6 +27,7 @@ from typing import Any, TextIO
 
 from scirl.data.sample import Sample
 from scirl.errors import ScirlError
+from scirl.progress import progress
 
 MAX_REPORTED = 20
 RESERVED = ("response", "answer")
@@ -160,8 +161,10 @@ def grade_file(reward: str, input_path: str | os.PathLike, output_path: str | os
         raise ScirlError(f"grade: {src}: no gradable row ({why}); nothing written")
     items = [row_to_item(row, line_no, info or {}) for line_no, row in rows]
     start = time.perf_counter()
-    with RewardPool(reward, workers=min(workers, len(items)), timeout=timeout) as pool:
-        results, stats = pool.score(items)
+    with RewardPool(reward, workers=min(workers, len(items)), timeout=timeout) as pool, \
+            progress(len(items), "grade", "rows") as bar:
+        results, stats = pool.score(items, on_progress=bar.update)
+        bar.update(len(results))
         first_error = _last_line(pool.first_error)
     seconds = time.perf_counter() - start
     if stats["errors"] and first_error:

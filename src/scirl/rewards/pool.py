@@ -32,7 +32,7 @@ import time
 import traceback
 import weakref
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, Callable
 
 from scirl.data.sample import Sample
 from scirl.errors import ScirlError
@@ -163,17 +163,20 @@ class RewardPool:
         self._finalizer = weakref.finalize(self, RewardPool._shutdown, self._workers, self._owner_pid)
 
     # ------------------------------------------------------------------ public API
-    def score(self, items: list[Item]) -> tuple[list[RewardResult], dict[str, int]]:
-        """Score `items`; results come back in input order, with {"timeouts": n, "errors": n} for this call."""
+    def score(self, items: list[Item], on_progress: Callable[[int], None] | None = None
+              ) -> tuple[list[RewardResult], dict[str, int]]:
+        """Score `items`; results come back in input order, with {"timeouts": n, "errors": n} for this call.
+        `on_progress(n)` is told the number of items finished so far whenever it grows (a progress bar)."""
         if self._closed:
             raise ScirlError("RewardPool.score called after close()")
+        on_progress = on_progress or (lambda n: None)
         if not self._workers:
-            results, stats = self._score_inline(items)
+            results, stats = self._score_inline(items, on_progress)
         else:
             items = list(items)
             busy: dict[int, tuple[int, float]] = {}  # worker slot -> (item index, deadline)
             try:
-                results, stats = self._score_workers(items, busy)
+                results, stats = self._score_workers(items, busy, on_progress)
             except BaseException:
                 # interrupted (e.g. Ctrl-C): busy workers would answer into the next call, so replace them
                 for slot in list(busy):
@@ -223,7 +226,7 @@ class RewardPool:
         if self.first_error is None:
             self.first_error = text
 
-    def _score_inline(self, items: list[Item]) -> tuple[list[RewardResult], dict[str, int]]:
+    def _score_inline(self, items: list[Item], on_progress) -> tuple[list[RewardResult], dict[str, int]]:
         results, errors = [], 0
         for sample, completion, info in items:
             self._check_cancel()
@@ -233,6 +236,7 @@ class RewardPool:
                 self._note_error(_failure_text(e))
                 results.append(_error_result())
                 errors += 1
+            on_progress(len(results))
         return results, {"timeouts": 0, "errors": errors}
 
     def _new_worker(self) -> _Worker:
@@ -243,12 +247,13 @@ class RewardPool:
         self._workers[slot] = self._new_worker()
 
     def _score_workers(
-        self, items: list[Item], busy: dict[int, tuple[int, float]]
+        self, items: list[Item], busy: dict[int, tuple[int, float]], on_progress
     ) -> tuple[list[RewardResult], dict[str, int]]:
         results: list[RewardResult | None] = [None] * len(items)
         stats = {"timeouts": 0, "errors": 0}
         todo = list(range(len(items) - 1, -1, -1))  # stack, popped in input order
         idle = list(range(len(self._workers) - 1, -1, -1))
+        finished = 0
 
         def fail(slot: int, kind: str) -> None:
             item_idx, _ = busy.pop(slot)
@@ -302,6 +307,9 @@ class RewardPool:
             now = time.monotonic()
             for slot in [s for s, (_, deadline) in busy.items() if deadline <= now]:
                 fail(slot, "timeouts")
+            if len(items) - len(todo) - len(busy) > finished:
+                finished = len(items) - len(todo) - len(busy)
+                on_progress(finished)
         return results, stats  # type: ignore[return-value]
 
     @staticmethod
