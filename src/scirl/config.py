@@ -255,7 +255,7 @@ class TrainerConfig:
     overwrite: bool = False  # start a new run even if the run folder holds one: the old folder is moved aside
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int = 0  # torch intra-op threads on CPU (0: all cores)
-    progress: bool = True  # live progress bar on the console
+    progress: bool = True  # progress on stderr: a live bar on a terminal, lines with ETA in logs (scirl.progress)
     nproc_per_node: int = 1  # training processes per machine (> 1: scirl starts them with torchrun or Ray)
     nnodes: int = 1  # machines (Ray launcher; with torchrun start one torchrun per machine yourself)
     launcher: str = "torchrun"  # torchrun | ray: how scirl starts nnodes x nproc_per_node processes

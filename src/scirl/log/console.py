@@ -1,42 +1,40 @@
-"""Console output with rich: a live progress bar (step, reward, accuracy, ETA) and the before -> after table."""
+"""Console output with rich: the training progress (step, reward, accuracy, ETA) and the before -> after table."""
 
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 console = Console(stderr=False)
 
 
 class StepProgress:
-    """Live bar on a terminal; one plain line per step otherwise (CI logs, pipes)."""
+    """The training bar (scirl.progress on stderr: a live bar on a terminal, periodic lines with ETA otherwise) and
+    one plain line per step on stdout unless the live bar shares the terminal with it (CI logs, pipes)."""
 
-    def __init__(self, total: int, start: int, enabled: bool = True):
-        self.live = enabled and console.is_terminal
-        self.total = total
-        self.progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not self.live,
-        )
-        self.task = self.progress.add_task("train", total=total, completed=start, info="")
+    def __init__(self, total: int, start: int, enabled: bool = True, lines: bool = True):
+        from scirl.progress import progress
+
+        self.total, self.lines = total, lines
+        self._cm = progress(total, "train", "steps", initial=start, enabled=enabled)
 
     def __enter__(self):
-        self.progress.__enter__()
+        self.bar = self._cm.__enter__()
+        self.live = self.bar.live and console.is_terminal
         return self
 
     def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
+        return self._cm.__exit__(*exc)
 
     def update(self, step: int, metrics: dict) -> None:
         info = (f"reward {metrics.get('reward/mean', 0):.3f}  acc {metrics.get('reward/acc', 0):.3f}  "
                 f"len {metrics.get('response/length_mean', 0):.1f}  {metrics.get('timing/step', 0):.1f}s/step")
-        self.progress.update(self.task, completed=step, info=info)
-        if not self.live:
+        self.bar.update(step, info=info)
+        if self.lines and not self.live:
             console.print(f"step {step}/{self.total}  {info}", highlight=False)
 
     def note(self, text: str) -> None:
-        (self.progress.console if self.live else console).print(text, highlight=False)
+        (self.bar.console if self.live else console).print(text, highlight=False)
 
 
 def summary_table(summary: dict) -> Table:

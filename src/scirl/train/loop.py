@@ -201,7 +201,7 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
         if before is not None:
             _note(f"step 0 validation: {_fmt(before)}")
         last_eval = before if start.step == 0 else None
-        with StepProgress(t.total_steps, start.step, t.progress and main) as progress:
+        with StepProgress(t.total_steps, start.step, t.progress and main, "console" in t.logger) as progress:
             for step in range(start.step + 1, t.total_steps + 1):
                 stopped = _stop_signal(stop)
                 if stopped:
@@ -215,8 +215,7 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
                     if jsonl:
                         writer.write(step, metrics)
                     sinks.log_train(step, metrics)
-                    if "console" in t.logger:
-                        progress.update(step, metrics)
+                    progress.update(step, metrics)  # the bar; the per-step line only with the console logger
                 done = step
                 validated = t.test_freq and step % t.test_freq == 0 or step == t.total_steps
                 if validated:
