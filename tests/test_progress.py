@@ -12,10 +12,10 @@ import pytest
 from rich.console import Console
 
 from scirl.errors import ScirlError
-from scirl.progress import clock_text, progress, track
+from scirl.progress import clock_text, progress
 from tests.conftest import REPO
 
-LINE = re.compile(r"^(?P<desc>[\w :]+): (?P<done>\d+)/(?P<total>\d+) (?P<unit>\w+) \((?P<pct>\d+)%\) "
+LINE = re.compile(r"^(?P<desc>[\w :]+): (?P<done>\d+)/(?P<total>\d+) (?P<unit>[\w ]+) \((?P<pct>\d+)%\) "
                   r"elapsed (?P<elapsed>\d+:\d\d:\d\d) eta (?P<eta>\d+:\d\d:\d\d|\?)")
 
 
@@ -72,9 +72,6 @@ def test_interval_from_env_and_failure_prints_no_last_line(monkeypatch):
             raise RuntimeError("boom")
     assert out.getvalue().splitlines() == ["merge: read: 0/3 files (0%) elapsed 0:00:00 eta ?",
                                            "merge: read: 1/3 files (33%) elapsed 0:00:00 eta 0:00:00"]
-    out = io.StringIO()
-    assert list(track(["a", "b"], "card", "files", stream=out, clock=clock)) == ["a", "b"]
-    assert [LINE.match(ln)["done"] for ln in out.getvalue().splitlines()] == ["0", "1", "2"]
 
 
 @pytest.mark.parametrize("env, value, key", [("SCIRL_PROGRESS_INTERVAL", "soon", "SCIRL_PROGRESS_INTERVAL"),
@@ -165,3 +162,44 @@ def test_reward_pool_reports_finished_counts(workers):
         results, _ = pool.score(items, on_progress=seen.append)
     assert sum(r.score for r in results) == 2.0  # 3 and 7 -> \boxed{3}, twice
     assert seen == sorted(set(seen)) and seen[-1] == 9 and (workers or seen == list(range(1, 10)))
+
+
+def _lines(err: str) -> list[tuple[str, str, str, str]]:
+    return [(m["desc"], m["done"], m["total"], m["unit"]) for m in map(LINE.match, err.splitlines()) if m]
+
+
+def test_export_merge_card_and_report_show_their_stages(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from scirl.cli import main
+    from scirl.config import load_config, save_config
+    from scirl.train.model_loading import load_model_and_tokenizer
+
+    monkeypatch.setenv("SCIRL_PROGRESS_INTERVAL", "0")  # a line per update: every stage is seen
+    model, tokenizer = load_model_and_tokenizer("builtin:tiny-qwen3")
+    ckpt = tmp_path / "run" / "checkpoints" / "step_1"
+    model.save_pretrained(ckpt / "model")
+    tokenizer.save_pretrained(ckpt / "model")
+    torch.save({"step": 1}, ckpt / "trainer_state.pt")
+    capsys.readouterr()
+    assert main(["export", str(ckpt), "-o", str(tmp_path / "exported")]) == 0
+    assert _lines(capsys.readouterr().err) == [("export", str(i), "2", "stages") for i in range(3)]
+
+    verl = tmp_path / "actor"  # a verl checkpoint of world size 1: plain tensors in one rank file
+    model.config.save_pretrained(verl / "huggingface")
+    torch.save(model.state_dict(), verl / "model_world_size_1_rank_0.pt")
+    (verl / "fsdp_config.json").write_text(json.dumps({"FSDP_version": 2, "world_size": 1}))
+    assert main(["merge", "--from", "verl", str(verl), "-o", str(tmp_path / "merged")]) == 0
+    lines, n = _lines(capsys.readouterr().err), len(model.state_dict())
+    assert lines == [("merge: read", "0", "1", "rank files"), ("merge: read", "1", "1", "rank files"),
+                     *(("merge: assemble", str(i), str(n), "tensors") for i in range(n + 1)),
+                     *(("merge: write", str(i), "2", "stages") for i in range(3))]
+
+    run = tmp_path / "run"
+    save_config(load_config(None, []), run / "config.yaml")
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "reward/mean": s / 4}) + "\n" for s in (1, 2)))
+    assert main(["card", str(run)]) == 0 and main(["report", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert _lines(err) == [("card", "0", "1", "files"), ("card", "1", "1", "files"),
+                           *(("report", str(i), "2", "stages") for i in range(3))]
+    assert err.splitlines()[-1].endswith(str(run / "report.html"))

@@ -13,7 +13,7 @@ import contextlib
 import os
 import sys
 import time
-from typing import Callable, Iterable, Iterator, TextIO
+from typing import Callable, Iterator, TextIO
 
 from scirl.errors import ScirlError
 
@@ -175,12 +175,3 @@ def progress(total: int | None, description: str, unit: str = "items", *, initia
     finally:
         bar._close(ok)
 
-
-def track(items: Iterable, description: str, unit: str = "items", total: int | None = None, **kwargs) -> Iterator:
-    """`for x in track(items, "merge: read", "rank files")`: progress() advanced by one per item."""
-    if total is None and hasattr(items, "__len__"):
-        total = len(items)  # type: ignore[arg-type]
-    with progress(total, description, unit, **kwargs) as bar:
-        for item in items:
-            yield item
-            bar.advance()

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from scirl.errors import ScirlError
+from scirl.progress import progress
 
 DTYPE_NAMES = ("fp32", "bf16", "fp16")  # keys of hf_folder.DTYPES; that module imports torch, `--help` must not
 
@@ -73,8 +74,11 @@ def export_main(args: list[str]) -> int:
         return _export_lora(ckpt, ns)
     if ns.adapter_only:
         raise ScirlError(f"--adapter-only: {ckpt} holds no LoRA adapter (no model/adapter_config.json)")
-    model, source = load_checkpoint_model(ckpt)
-    out = write_hf_folder(model, source.meta, Path(ns.output), DTYPES[ns.dtype], ns.force)
+    with progress(2, "export", "stages", info="load checkpoint") as bar:
+        model, source = load_checkpoint_model(ckpt)
+        bar.advance(info="write HF folder")
+        out = write_hf_folder(model, source.meta, Path(ns.output), DTYPES[ns.dtype], ns.force)
+        bar.advance(info="done")
     print(f"exported {ns.checkpoint} ({source.kind}) -> {out}: {_count(model)}, {ns.dtype}")
     _write_card_into(ckpt, out)
     return 0
@@ -98,15 +102,23 @@ def _export_lora(ckpt: Path, ns) -> int:
     from scirl.export.scirl_ckpt import find_source
 
     meta = ckpt / "hf_meta" if (ckpt / "hf_meta" / "config.json").is_file() else find_source(ckpt).meta
-    peft_model, base = load_base_and_adapter(ckpt)
+    with progress(2 if ns.adapter_only else 3, "export", "stages", info="load base and adapter") as bar:
+        peft_model, base = load_base_and_adapter(ckpt)
+        if ns.adapter_only:
+            bar.advance(info="write adapter folder")
+            out = write_hf_folder(peft_model, meta, Path(ns.output), DTYPES[ns.dtype], ns.force)
+            bar.advance(info="done")
+        else:
+            bar.advance(info="merge adapter")
+            model = merged_model(peft_model)
+            bar.advance(info="write HF folder")
+            out = write_hf_folder(model, meta, Path(ns.output), DTYPES[ns.dtype], ns.force)
+            bar.advance(info="done")
     if ns.adapter_only:
-        out = write_hf_folder(peft_model, meta, Path(ns.output), DTYPES[ns.dtype], ns.force)
         n = sum(p.numel() for name, p in peft_model.named_parameters() if "lora_" in name)
         print(f"exported the adapter of {ckpt} (base {base}) -> {out}: {n} adapter parameters, {ns.dtype}")
         _write_card_into(ckpt, out)
         return 0
-    model = merged_model(peft_model)
-    out = write_hf_folder(model, meta, Path(ns.output), DTYPES[ns.dtype], ns.force)
     print(f"exported {ckpt} (base {base} + LoRA adapter, merged) -> {out}: {_count(model)}, {ns.dtype}")
     _write_card_into(ckpt, out)
     return 0
@@ -134,11 +146,14 @@ def merge_main(args: list[str]) -> int:
 
     check_output(Path(ns.output), ns.force, sources=(Path(ns.folder),))
     _quiet_transformers()
-    state, ckpt = load_verl_state_dict(Path(ns.folder))
-    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
-    model = empty_model(ckpt.hf_dir, dtype=dtypes.pop() if len(dtypes) == 1 else DTYPES["fp32"])
-    fill_model(model, state, str(ckpt.folder))
-    del state
-    out = write_hf_folder(model, ckpt.hf_dir, Path(ns.output), DTYPES[ns.dtype], ns.force)
+    state, ckpt = load_verl_state_dict(Path(ns.folder))  # its own progress: rank files read, tensors assembled
+    with progress(2, "merge: write", "stages", info="fill model") as bar:
+        dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+        model = empty_model(ckpt.hf_dir, dtype=dtypes.pop() if len(dtypes) == 1 else DTYPES["fp32"])
+        fill_model(model, state, str(ckpt.folder))
+        del state
+        bar.advance(info="write HF folder")
+        out = write_hf_folder(model, ckpt.hf_dir, Path(ns.output), DTYPES[ns.dtype], ns.force)
+        bar.advance(info="done")
     print(f"merged {ckpt.world_size} rank file(s) of {ckpt.folder} -> {out}: {_count(model)}, {ns.dtype}")
     return 0

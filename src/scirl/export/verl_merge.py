@@ -16,6 +16,7 @@ from scirl.errors import ScirlError
 from scirl.export.lora import LoraSettings, has_lora, merge_lora, strip_peft_prefix
 from scirl.export.rank_files import global_shape_of, is_sharded, load_rank_file, pieces_of
 from scirl.export.shards import assemble
+from scirl.progress import progress
 
 FSDP_CONFIG = "fsdp_config.json"
 HF_DIR = "huggingface"
@@ -85,7 +86,11 @@ def merge_rank_files(files: tuple[Path, ...]) -> dict[str, torch.Tensor]:
     """One full state dict from every rank's state dict (file i is rank i). Sharded values are reassembled from
     their placements; plain tensors (W = 1, or buffers FSDP keeps whole on every rank) must be equal on every
     rank and are taken once."""
-    states = [load_rank_file(f) for f in files]
+    states = []
+    with progress(len(files), "merge: read", "rank files") as bar:
+        for f in files:
+            states.append(load_rank_file(f))
+            bar.advance()
     keys = list(states[0])
     for f, s in zip(files[1:], states[1:]):
         diff = sorted(set(keys) ^ set(s))
@@ -93,24 +98,26 @@ def merge_rank_files(files: tuple[Path, ...]) -> dict[str, torch.Tensor]:
             raise ScirlError(f"{f}: key {diff[0]} is {'missing' if diff[0] in states[0] else 'extra'} compared "
                              f"with {files[0].name}")
     full: dict[str, torch.Tensor] = {}
-    for key in keys:
-        values = [s[key] for s in states]
-        if all(is_sharded(v) for v in values):
-            shape = global_shape_of(values[0])
-            pieces = [p for r, v in enumerate(values) for p in pieces_of(v, r, key, files[r])]
-            full[key] = assemble(key, shape, pieces, str(files[0].parent))
-        elif any(is_sharded(v) for v in values):
-            r = next(i for i, v in enumerate(values) if not is_sharded(v))
-            raise ScirlError(f"{files[r]}: {key} is a plain tensor here but sharded in another rank's file")
-        elif all(isinstance(v, torch.Tensor) for v in values):
-            for f, v in zip(files[1:], values[1:]):  # replicated: never concatenate, check they agree
-                if v.shape != values[0].shape or v.dtype != values[0].dtype or not torch.equal(v, values[0]):
-                    raise ScirlError(f"{f}: {key} is a plain tensor that differs from {files[0].name}'s; it is "
-                                     "neither sharded nor replicated")
-            full[key] = values[0]
-        else:
-            bad = next(v for v in values if not isinstance(v, torch.Tensor))
-            raise ScirlError(f"{files[0]}: {key} holds a {type(bad).__name__}, not a tensor")
+    with progress(len(keys), "merge: assemble", "tensors") as bar:
+        for key in keys:
+            values = [s[key] for s in states]
+            if all(is_sharded(v) for v in values):
+                shape = global_shape_of(values[0])
+                pieces = [p for r, v in enumerate(values) for p in pieces_of(v, r, key, files[r])]
+                full[key] = assemble(key, shape, pieces, str(files[0].parent))
+            elif any(is_sharded(v) for v in values):
+                r = next(i for i, v in enumerate(values) if not is_sharded(v))
+                raise ScirlError(f"{files[r]}: {key} is a plain tensor here but sharded in another rank's file")
+            elif all(isinstance(v, torch.Tensor) for v in values):
+                for f, v in zip(files[1:], values[1:]):  # replicated: never concatenate, check they agree
+                    if v.shape != values[0].shape or v.dtype != values[0].dtype or not torch.equal(v, values[0]):
+                        raise ScirlError(f"{f}: {key} is a plain tensor that differs from {files[0].name}'s; it is "
+                                         "neither sharded nor replicated")
+                full[key] = values[0]
+            else:
+                bad = next(v for v in values if not isinstance(v, torch.Tensor))
+                raise ScirlError(f"{files[0]}: {key} holds a {type(bad).__name__}, not a tensor")
+            bar.advance()
     return full
 
 

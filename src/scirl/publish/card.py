@@ -240,5 +240,10 @@ def card_main(args: list[str]) -> int:
     ns = parser.parse_args(args)
     if not Path(ns.run).is_dir():
         raise ScirlError(f"card: run folder {ns.run} not found")
-    print(f"model card: {write_card(ns.run, ns.output)}")
+    from scirl.progress import progress
+
+    with progress(1, "card", "files", info="model card") as bar:
+        out = write_card(ns.run, ns.output)
+        bar.advance(info=str(out))
+    print(f"model card: {out}")
     return 0

@@ -210,6 +210,13 @@ def report_main(args: list[str]) -> int:
         raise ScirlError(f"run folder {run_dir} does not exist")
     if not (run_dir / "metrics.jsonl").exists() and not (run_dir / "eval").is_dir():
         raise ScirlError(f"{run_dir} is not a run folder (no metrics.jsonl, no eval/)")
-    out = build_report(run_dir)
+    from scirl.progress import progress
+    from scirl.publish.plots import make_plots
+
+    with progress(2, "report", "stages", info="plots") as bar:
+        make_plots(run_dir)
+        bar.advance(info="report.html")
+        out = build_report(run_dir, plots=False)
+        bar.advance(info=str(out))
     print(f"wrote {out} and {len(list((run_dir / 'plots').glob('*.png')))} plots in {run_dir / 'plots'}")
     return 0
