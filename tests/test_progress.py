@@ -203,3 +203,31 @@ def test_export_merge_card_and_report_show_their_stages(tmp_path, capsys, monkey
     assert _lines(err) == [("card", "0", "1", "files"), ("card", "1", "1", "files"),
                            *(("report", str(i), "2", "stages") for i in range(3))]
     assert err.splitlines()[-1].endswith(str(run / "report.html"))
+
+
+def test_bad_setting_stops_a_command_before_its_work(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "scirl", "grade", "--reward", "boxed_numeric", "nope.jsonl"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={**ENV, "SCIRL_PROGRESS_INTERVAL": "often"})
+    assert proc.returncode == 2 and proc.stderr == (
+        "scirl: error: SCIRL_PROGRESS_INTERVAL='often': must be a number of seconds >= 0 (0: a line per update)\n")
+
+
+class _Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_which_console_draws_the_bar(monkeypatch):
+    from scirl.log.console import console as stdout_console
+    from scirl.progress import _terminal_console
+
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich would take any file for a terminal: a CI log is still no tty
+    monkeypatch.setattr(sys, "stdout", _Tty())
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert _terminal_console() is None  # stderr is a log: plain lines there
+    monkeypatch.setattr(sys, "stderr", _Tty())
+    assert _terminal_console() is stdout_console  # one terminal: the command's own console, prints stay above
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    console = _terminal_console()
+    assert console is not stdout_console and console.file is sys.stderr  # stdout piped: the bar on stderr only

@@ -205,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
 def _run(func, rest: list[str]) -> tuple[int, str]:
     """Run a command: its exit status and its one-line error ("" when none)."""
     try:
+        from scirl.progress import check_env
+
+        check_env()  # a bad SCIRL_PROGRESS(_INTERVAL) is one line now, not after a model has loaded
         return func(rest), ""
     except ScirlError as e:
         code = getattr(e, "exit_code", 2)  # a run stopped by a signal exits 128 + signum

@@ -1,11 +1,12 @@
-"""Progress of a long command (train, eval, grade, export, merge, card, report) on stderr: a rich bar with M/N,
-elapsed time and ETA when stderr is a terminal; plain lines when it is not (CI logs, pipes), at most one every
-SCIRL_PROGRESS_INTERVAL seconds (default 30) plus the first and the last, e.g.
+"""Progress of a long command (train, eval, grade, export, merge, card, report): a rich bar with M/N, elapsed time
+and ETA when stderr is a terminal (drawn through the command's stdout console when stdout is that terminal too);
+plain lines on stderr when it is not (CI logs, pipes), at most one every SCIRL_PROGRESS_INTERVAL seconds (default
+30) plus the first and the last, e.g.
 
     eval tiny_physics: 12/30 prompts (40%) elapsed 0:00:41 eta 0:01:01  acc 0.250
 
-SCIRL_PROGRESS=0 turns it off; under torchrun (RANK > 0) only rank 0 shows it. It never writes to stdout, so the
-tables and lines a command prints there stay as they are."""
+SCIRL_PROGRESS=0 turns it off; under torchrun (RANK > 0) only rank 0 shows it. Plain lines never go to stdout, so
+the tables and lines a command prints there stay as they are."""
 
 from __future__ import annotations
 
@@ -43,6 +44,12 @@ def interval_from_env() -> float:
     if not value >= 0:  # also refuses nan
         raise ScirlError(f"{ENV_INTERVAL}={raw!r}: must be a number of seconds >= 0 (0: a line per update)")
     return value
+
+
+def check_env() -> None:
+    """Refuse bad SCIRL_PROGRESS / SCIRL_PROGRESS_INTERVAL values (one line) before a command starts its work."""
+    enabled_by_env()
+    interval_from_env()
 
 
 def clock_text(seconds: float | None) -> str:
@@ -147,23 +154,43 @@ class _PlainBar(Bar):
             self.line()
 
 
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no stream, or a closed one
+        return False
+
+
+def _terminal_console():
+    """None when stderr is no terminal (a real one: FORCE_COLOR in a CI log does not count); else rich's stderr
+    console, or, when stdout is the terminal too, the command's own stdout console, so that what the command prints
+    while the bar is live lands above the bar (two consoles would tear it)."""
+    if not _isatty(sys.stderr):
+        return None
+    from rich.console import Console
+
+    if _isatty(sys.stdout):
+        from scirl.log.console import console as out
+
+        return out
+    return Console(stderr=True)
+
+
 @contextlib.contextmanager
 def progress(total: int | None, description: str, unit: str = "items", *, initial: int = 0, info: str = "",
              enabled: bool = True, console=None, stream: TextIO | None = None, interval: float | None = None,
              clock: Callable[[], float] = time.monotonic) -> Iterator[Bar]:
     """Show the progress of `total` units of work (None: unknown) while the block runs; yields a Bar to advance.
 
-    A rich bar when `console` (default: rich's stderr console) is a terminal, plain lines on `stream` (default
-    sys.stderr) otherwise, nothing when `enabled` is False or the environment says so (see the module docstring).
+    A rich bar when stderr is a terminal (or on `console`, when given, if it is one), plain lines on `stream`
+    (default sys.stderr) otherwise, nothing when `enabled` is False or the environment says so (see the module docstring).
     `interval` (default SCIRL_PROGRESS_INTERVAL) and `clock` are there for tests."""
     args = (total, description, unit, initial, info)
     if not (enabled and enabled_by_env()):
         bar: Bar = Bar(*args)
     else:
         if console is None and stream is None:
-            from rich.console import Console
-
-            console = Console(stderr=True)
+            console = _terminal_console()  # None: plain lines
         if console is not None and console.is_terminal:
             bar = _RichBar(console, *args)
         else:
