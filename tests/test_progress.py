@@ -231,3 +231,13 @@ def test_which_console_draws_the_bar(monkeypatch):
     monkeypatch.setattr(sys, "stdout", io.StringIO())
     console = _terminal_console()
     assert console is not stdout_console and console.file is sys.stderr  # stdout piped: the bar on stderr only
+
+
+def test_a_narrow_terminal_cuts_the_info_never_the_counts_or_eta():
+    buf = io.StringIO()
+    console = Console(force_terminal=True, file=buf, width=80, color_system=None)
+    with progress(30, "train", "steps", console=console) as bar:
+        bar.update(12, info="reward [0.188]  acc 0.188  len 27.4  6.6s/step  " + "x" * 40)
+    last = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue()).replace("\r", "\n").strip().splitlines()[-1]
+    assert len(last) <= 80 and "12/30 steps" in last and "ETA -:--:--" in last, last  # no rate known yet
+    assert "reward [0.188]" in last and last.endswith("…")  # the info as given (no markup), cut at the edge

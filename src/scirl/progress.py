@@ -92,23 +92,28 @@ class _RichBar(Bar):
     def __init__(self, console, *args):
         super().__init__(*args)
         from rich.markup import escape
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.table import Column
+        from rich.text import Text
 
-        self._escape = escape
+        class InfoColumn(ProgressColumn):  # last and the only one that shrinks: a narrow terminal cuts the info
+            def render(self, task):
+                return Text(task.fields["info"], no_wrap=True, overflow="ellipsis")
+
         self.progress = Progress(
-            TextColumn(f"[bold]{escape(self.description)}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn(escape(self.unit)), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-            TextColumn("ETA"), TimeRemainingColumn(), console=console,
+            TextColumn(f"[bold]{escape(self.description)}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+            TextColumn(escape(self.unit)), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            InfoColumn(table_column=Column(no_wrap=False)), console=console,
             redirect_stdout=sys.stdout.isatty(),  # a piped stdout keeps its lines; a shared terminal gets them above
         )
         self.task = self.progress.add_task(self.description, total=self.total, completed=self.completed,
-                                           info=escape(self.info))
+                                           info=self.info)
         self.progress.start()
         self.live, self.console = True, console
 
     def _show(self) -> None:
-        self.progress.update(self.task, completed=self.completed, info=self._escape(self.info))
+        self.progress.update(self.task, completed=self.completed, info=self.info)
 
     def _close(self, ok: bool) -> None:
         self.progress.stop()
@@ -183,7 +188,7 @@ def progress(total: int | None, description: str, unit: str = "items", *, initia
     """Show the progress of `total` units of work (None: unknown) while the block runs; yields a Bar to advance.
 
     A rich bar when stderr is a terminal (or on `console`, when given, if it is one), plain lines on `stream`
-    (default sys.stderr) otherwise, nothing when `enabled` is False or the environment says so (see the module docstring).
+    (default sys.stderr) otherwise, nothing when `enabled` is False or the environment says so (module docstring).
     `interval` (default SCIRL_PROGRESS_INTERVAL) and `clock` are there for tests."""
     args = (total, description, unit, initial, info)
     if not (enabled and enabled_by_env()):
