@@ -31,6 +31,27 @@ def small_overrides(tmp_path, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
+def full_and_resumed_runs(tmp_path, extra: dict, stop_after: int) -> tuple[Path, Path, dict]:
+    """Train run "full" to `extra`'s total_steps; copy it as it stood after step `stop_after` (its checkpoints up
+    to there, its first `stop_after` metric rows) to "part" and resume that. (full, part, the resumed summary)."""
+    import shutil
+
+    from scirl.config import load_config
+    from scirl.train.loop import run_training
+
+    run_training(load_config(None, small_overrides(tmp_path, **{**extra, "trainer.run_name": "full"})))
+    full, part = tmp_path / "full", tmp_path / "part"
+    shutil.copytree(full, part)
+    for ckpt in (part / "checkpoints").glob("step_*"):
+        if int(ckpt.name.split("_")[1]) > stop_after:
+            shutil.rmtree(ckpt)
+    lines = (part / "metrics.jsonl").read_text().splitlines()
+    (part / "metrics.jsonl").write_text("\n".join(lines[:stop_after]) + "\n")
+    summary = run_training(load_config(None, small_overrides(tmp_path, **{**extra, "trainer.run_name": "part",
+                                                                          "trainer.resume": "auto"})))
+    return full, part, summary
+
+
 @pytest.fixture(scope="session")
 def tiny_model_and_tokenizer():
     from scirl.train.model_loading import load_model_and_tokenizer

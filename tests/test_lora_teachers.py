@@ -1,20 +1,17 @@
-"""LoRA runs keep one copy of the base: the EMA self-teacher averages the adapter only (scored by swapping its
-tensors into the student's module and back), and the KL reference is the same module with the adapter disabled —
+"""LoRA runs keep one copy of the base: the EMA self-teacher averages the adapter only (scored by standing its
+tensors in for the student's trainable parameters), and the KL reference is the same module with the adapter disabled —
 its memory growth is measured against a FrozenReference copy in a fresh process."""
 
 import copy
 import json
-import shutil
 import subprocess
 import sys
 
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, small_overrides
-from scirl.config import load_config
+from conftest import REPO, full_and_resumed_runs
 from scirl.train.lora import apply_lora
-from scirl.train.loop import run_training
 from scirl.train.model_loading import load_model_and_tokenizer
 from scirl.train.teachers import AdapterEMATeacher, EMATeacher
 from test_lora import LORA, _lora_cfg, _traj
@@ -67,15 +64,7 @@ def test_lora_rlsd_run_checkpoints_the_adapter_ema_and_resumes_bitwise(tmp_path)
              "actor.policy_loss": "rlsd", "distill.teacher": "ema", "distill.teacher_update_rate": 0.5,
              "distill.teacher_context": "peer_solution", "data.train_size": 16, "rollout.max_new_tokens": 16,
              "data.val_size": 4, "rollout.val_n": 2}
-    run_training(load_config(None, small_overrides(tmp_path, **{**extra, "trainer.run_name": "full"})))
-    full = tmp_path / "full"
-    part = tmp_path / "part"
-    shutil.copytree(full, part)
-    shutil.rmtree(part / "checkpoints" / "step_3")
-    lines = (part / "metrics.jsonl").read_text().splitlines()
-    (part / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n")
-    summary = run_training(load_config(None, small_overrides(tmp_path, **{**extra, "trainer.run_name": "part",
-                                                                          "trainer.resume": "auto"})))
+    full, part, summary = full_and_resumed_runs(tmp_path, extra, stop_after=2)
     assert summary["resumed_from_step"] == 2
     a = load_file(full / "checkpoints" / "step_3" / "model" / "adapter_model.safetensors")
     b = load_file(part / "checkpoints" / "step_3" / "model" / "adapter_model.safetensors")
