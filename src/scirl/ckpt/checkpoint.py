@@ -1,8 +1,10 @@
 """Atomic, verifiable checkpoints, at any world size. `checkpoints/step_<N>/` holds
   dcp/               model, optimizer (and an EMA teacher) as a torch.distributed.checkpoint folder: every rank
-                     writes its shards, any world size reads them back (ckpt/sharded.py)
+                     writes its shards, any world size reads them back (ckpt/sharded.py); a LoRA run's holds
+                     the adapter (+ modules_to_save) and its optimizer state only, not the frozen base
   hf_meta/           config.json, generation_config.json, tokenizer files: no weights
-  model/             a loadable HF folder gathered on rank 0 (weights, config, tokenizer), when trainer.save_hf
+  model/             a loadable HF folder gathered on rank 0 (weights, config, tokenizer), when trainer.save_hf;
+                     a LoRA run's peft adapter folder (always: it is small)
   trainer_state.pt   scheduler, sampler, KL controller, skipped updates, config, step, the RNG of every rank
   manifest.json      every file's size, the DCP shards included
 Older checkpoints (no dcp/: weights in model/, optimizer and EMA teacher inside trainer_state.pt) still load.
@@ -191,9 +193,11 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
     stage = _Stage(group, step, tmp, group.broadcast(str(previous) if previous else None))
     if made.startswith("error:"):  # every rank got the same answer: no need to agree
         raise stage.failure(made[len("error:"):])
+    adapter = hasattr(model, "peft_config")  # a peft PeftModel (model.lora): model/ is its adapter folder
+    save_hf = save_hf or adapter
     full, whole = None, model if hf_model is None else hf_model  # whole: the module model/ is written from
     if hf_model is None and save_hf and _sharded(model):
-        full = full_model_state(model)  # a collective: every rank takes part, rank 0 gets the tensors
+        full = full_model_state(model, trainable_only=adapter)  # a collective: rank 0 gets the tensors
     stage.run((lambda: _write_hf(tmp, whole, tokenizer, save_hf, full)) if main else None)
     del full
     stage.run(lambda: save_sharded(tmp / DCP_DIR, {"model": model, **(modules or {})}, optimizer, group.on))

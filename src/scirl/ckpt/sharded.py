@@ -7,6 +7,10 @@ moments under `optimizer.state.<parameter name>.exp_avg`), so a checkpoint writt
 plain module and the other way round. Before loading, the folder's metadata is checked against the live state dict:
 a checkpoint of another model (a key or a shape that differs) or of a layout that cannot be resharded (FSDP1 flat
 parameters, wrapper prefixes) is one line naming the file and the first key that does not fit.
+
+A trained model with frozen parameters (a LoRA run: the base under the adapter) is saved by its trainable
+parameters alone (the adapter, `modules_to_save`) and their optimizer state: the frozen base is rebuilt from
+`model.path` on resume, so it is neither written nor read (`trainable_state`).
 """
 
 from __future__ import annotations
@@ -44,14 +48,29 @@ def _grouped() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+def frozen_names(module: torch.nn.Module) -> set[str]:
+    """The names of the module's parameters that do not require grad, tied aliases included (`lm_head.weight`
+    tied to a frozen embedding)."""
+    return {n for n, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+
+def trainable_state(module: torch.nn.Module, state: dict) -> dict:
+    """`state` (a model state dict) without the module's frozen parameters. torch's own `ignore_frozen_params`
+    keeps a tied alias of a frozen parameter, hence the explicit filter."""
+    frozen = frozen_names(module)
+    return {k: v for k, v in state.items() if k not in frozen}
+
+
 def _live_state(modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer | None) -> dict:
     """The state dict DCP writes or fills in place: `get_state_dict` for the trained model and its optimizer (it
     initialises an empty optimizer's state with one zero-learning-rate step, so loading has tensors to fill),
-    `get_model_state_dict` for every other module (an EMA teacher)."""
+    the trained model's trainable parameters only (`trainable_state`); `get_model_state_dict` for every other
+    module (an EMA teacher)."""
     state = {}
     for name, module in modules.items():
         if name == MODEL_KEY and optimizer is not None:
-            state[MODEL_KEY], state[OPTIM_KEY] = get_state_dict(module, optimizer)
+            model_state, state[OPTIM_KEY] = get_state_dict(module, optimizer)
+            state[MODEL_KEY] = trainable_state(module, model_state)
         else:
             state[name] = get_model_state_dict(module)
     return state
@@ -83,9 +102,10 @@ def _shape(value) -> torch.Size | None:
     return value.shape if isinstance(value, torch.Tensor) else None  # a DTensor's shape is its global shape
 
 
-def layout_problem(folder: Path, state: dict) -> str | None:
+def layout_problem(folder: Path, state: dict, frozen: set[str] = frozenset()) -> str | None:
     """Why the DCP folder cannot be loaded into `state` (the first key missing from the checkpoint, one the model
-    does not have, or a shape that differs), else None."""
+    does not have, or a shape that differs), else None. `frozen`: flattened keys the model has but does not load
+    (its frozen parameters: a checkpoint that holds them too still fits)."""
     saved = saved_keys(folder)
     wanted, _ = flatten_state_dict(state)
     meta = Path(folder) / METADATA
@@ -101,7 +121,7 @@ def layout_problem(folder: Path, state: dict) -> str | None:
             return f"{meta}: {key} has shape {list(have)}, this model's is {list(want)}"
     tensors = {k for k, v in wanted.items() if isinstance(v, torch.Tensor)}
     for key in sorted(k for k in saved.keys() - wanted.keys() if saved[k] is not None):
-        if key.split(".", 1)[0] in state and key not in tensors:
+        if key.split(".", 1)[0] in state and key not in tensors and key not in frozen:
             return f"{meta} holds {key}, which this model does not have"
     return None
 
@@ -112,21 +132,26 @@ def load_sharded(folder: Path, modules: dict[str, torch.nn.Module], optimizer: t
     (sharded or not). Every rank calls it. A checkpoint that does not fit is a ScirlError naming the file and key
     (raised on every rank alike: they all read the same metadata)."""
     state = _live_state(modules, optimizer)
-    problem = layout_problem(folder, state)
+    frozen = {f"{MODEL_KEY}.{n}" for n in frozen_names(modules[MODEL_KEY])} if optimizer is not None else set()
+    problem = layout_problem(folder, state, frozen)
     if problem:
         raise ScirlError(f"{key}: checkpoint does not fit this model: {problem}")
     with _single_process_is_meant():
         dcp.load(state, checkpoint_id=str(folder), no_dist=not _grouped())
     for name, module in modules.items():
-        if name == MODEL_KEY and optimizer is not None:
-            set_state_dict(module, optimizer, model_state_dict=state[MODEL_KEY], optim_state_dict=state[OPTIM_KEY])
+        if name == MODEL_KEY and optimizer is not None:  # strict unless frozen parameters were left out
+            set_state_dict(module, optimizer, model_state_dict=state[MODEL_KEY], optim_state_dict=state[OPTIM_KEY],
+                           options=StateDictOptions(strict=not frozen))
         else:
             set_model_state_dict(module, state[name])
 
 
-def full_model_state(model: torch.nn.Module) -> dict:
-    """The whole model's state dict, gathered on CPU on rank 0 (other ranks get {}); every rank calls it."""
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+def full_model_state(model: torch.nn.Module, trainable_only: bool = False) -> dict:
+    """The whole model's state dict (or its trainable parameters only: a LoRA adapter, no base), gathered on CPU
+    on rank 0 (other ranks get {}); every rank calls it."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only)
+    state = get_model_state_dict(model, options=options)
+    return trainable_state(model, state) if trainable_only else state
 
 
 def load_plain_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, saved: dict) -> None:

@@ -17,8 +17,8 @@ from scirl.faults import fault_point
 from scirl.rollout.base import Trajectories
 from scirl.train.distill_losses import distill_terms, distribution_loss, needs_distributions, rlsd_kwargs
 from scirl.train.fsdp import compute_device, full_state_dict, is_sharded, sum_gradients_over_ranks
+from scirl.train.lora import lora_on, merged_state_dict
 from scirl.train.logprobs import batched_logprobs, logprobs_from_logits, response_logits, sequence_logprobs
-from scirl.train.lora import merged_state_dict
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
@@ -82,18 +82,16 @@ class Actor:
     def rollout_weights(self) -> dict[str, torch.Tensor] | None:
         """The weights a rollout engine must load after an optimizer step (THE weight-sync point): the full,
         unsharded state dict (one all-gather per parameter, on every rank) when the policy is FSDP-sharded or the
-        engine holds weights of its own (`push_weights`: vLLM, a server), with a LoRA adapter merged into the base
-        weights (plain HF names); None when the engine samples from this very module (one process, hf: nothing to
-        copy)."""
+        engine holds weights of its own (`push_weights`: vLLM, a server); None when the engine samples from this
+        very module (one process, hf: nothing to copy). A LoRA policy's are the plain model's names with the
+        adapter merged in (train/lora.py merged_state_dict)."""
+        if not (self.sharded or self.push_weights):
+            return None
         if self.sharded:
             state = full_state_dict(self.model)
-        elif self.push_weights:
-            state = {k: v.detach() for k, v in self.model.state_dict().items()}
         else:
-            return None
-        if self.cfg.model.lora.rank > 0:  # engines hold the plain model: the adapter folded in, HF names
-            return merged_state_dict(state, self.cfg.model.lora)
-        return state
+            state = {k: v.detach() for k, v in self.model.state_dict().items()}
+        return merged_state_dict(state, self.cfg.model.lora) if lora_on(self.cfg) else state
 
     def _rows(self, traj: Trajectories, idx: torch.Tensor):
         dev = self.device()

@@ -1,8 +1,8 @@
 """Building a run: the config turned into this rank's components — prompt sets and sampler, reward pool, the actor
 (FSDP2-sharded when the world size is above 1, gradient checkpointing when asked), the rollout engine (sampling
-from the actor's module in one process, from a full-weight rollout copy per rank under FSDP), the frozen reference
-and the teacher (sharded like the actor), and the KL controller. `train/loop.py` only resumes, loops, validates and
-checkpoints."""
+from the actor's module in one process, from a full-weight rollout copy per rank under FSDP: for a LoRA run a plain
+model that loads the merged weights), the frozen reference and the teacher (sharded like the actor), and the KL
+controller. `train/loop.py` only resumes, loops, validates and checkpoints."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import torch
 from scirl import dist
 from scirl.algos import make_kl_controller
 from scirl.config import Config
-from scirl.errors import ScirlError
 from scirl.data.pipeline import load_prompt_set, make_sampler, require_rewards, tokenize_prompt_set
 from scirl.rewards import RewardPool
 from scirl.rollout import make_engine
@@ -22,7 +21,7 @@ from scirl.rollout.base import RolloutEngine
 from scirl.train.actor import Actor
 from scirl.train.distill import make_teacher
 from scirl.train.fsdp import enable_gradient_checkpointing, shard_model
-from scirl.train.lora import AdapterDisabledReference, apply_lora, lora_on
+from scirl.train.lora import AdapterDisabledReference, apply_lora, lora_on, same_adapter_on_all_ranks
 from scirl.train.model_loading import load_model_and_tokenizer, pick_device, resolve_model_path
 from scirl.train.teachers import FrozenReference
 
@@ -84,9 +83,8 @@ def build_run(cfg: Config, init_path: str) -> RunParts:
     model, tokenizer = load_model_and_tokenizer(init_path, cfg.model.dtype, device, cfg.model.attn_implementation)
     if lora_on(cfg):  # a fresh adapter on model.path; on resume dcp/ restores it (model/ is an adapter folder, so
         # init_weights_path gives model.path)
-        if dist.world_size() > 1:
-            raise ScirlError("model.lora.rank > 0 runs on one process for now (trainer.nproc_per_node=1)")
         model = apply_lora(model, cfg.model.lora)
+        same_adapter_on_all_ranks(model)  # before the rollout copy and the sharding
     train_ps = tokenize_prompt_set(train_ps, tokenizer, d, "data.train")
     val_ps = tokenize_prompt_set(val_ps, tokenizer, d, "data.val")
     reference = None
@@ -109,7 +107,10 @@ def build_run(cfg: Config, init_path: str) -> RunParts:
         # the rollout copy: full weights on every rank, synced after each optimizer step (Actor.rollout_weights);
         # generating on the sharded module would all-gather every layer for every token
         rollout_model = copy.deepcopy(model).eval().requires_grad_(False)
-        frozen = {id(m.model): m.model for m in (reference, teacher) if m is not None and hasattr(m, "model")}
+        if lora_on(cfg):  # a plain model that loads the merged weights (Actor.rollout_weights)
+            rollout_model = rollout_model.merge_and_unload()
+        frozen = {id(m.model): m.model for m in (reference, teacher)  # not the adapter-disabled policy itself
+                  if m is not None and hasattr(m, "model") and m.model is not model}
         for module in frozen.values():
             shard_model(module, cfg.actor.fsdp, device)
     if cfg.actor.gradient_checkpointing:

@@ -23,7 +23,11 @@ def param_dtype(choice: str, device: str | torch.device) -> torch.dtype:
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The transformer blocks of an HF causal LM (`model.model.layers` for Qwen / Llama / Mistral families)."""
+    """The transformer blocks of an HF causal LM (`model.model.layers` for Qwen / Llama / Mistral families), also
+    inside a peft PeftModel (model.lora: the blocks of its wrapped model, adapter layers and all)."""
+    unwrap = getattr(model, "get_base_model", None)
+    if unwrap is not None:
+        model = unwrap()
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
     if layers is None:

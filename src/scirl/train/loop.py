@@ -29,6 +29,7 @@ from scirl.log.sinks import MetricSinks
 from scirl.publish.report import ReportRefresher
 from scirl.rollout.base import SamplingParams
 from scirl.train.build import build_run
+from scirl.train.lora import lora_on
 from scirl.train.rank_metrics import reduce_step_metrics
 from scirl.train.run_folder import RunLock, RunStart, prepare_run
 from scirl.train.step import StepContext, train_step
@@ -179,7 +180,7 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
             "skipped_updates": actor.skipped_updates, "config": config_dict,
             "kl_ctrl": parts.kl_ctrl.state_dict() if parts.kl_ctrl is not None else None,
         }, optimizer=actor.optimizer, modules=_saved_modules(cfg, parts.teacher), save_hf=t.save_hf,
-            hf_model=parts.rollout_model if parts.sharded else None)
+            hf_model=parts.rollout_model if parts.sharded and not lora_on(cfg) else None)  # LoRA: the adapter
         if main:
             prune_checkpoints(run_dir, t.keep_last, keep=best.keep())
         return path

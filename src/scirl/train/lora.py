@@ -52,6 +52,20 @@ def apply_lora(model: torch.nn.Module, lora, adapter_path: str | None = None) ->
     return get_peft_model(model, config)
 
 
+def same_adapter_on_all_ranks(model: torch.nn.Module) -> None:
+    """Rank 0's freshly initialised adapter on every rank (a broadcast of each trainable tensor; nothing without a
+    process group): the ranks seed their generators apart, and FSDP2 keeps each rank's own slice of a parameter,
+    so without this the adapter would start as a patchwork of inits instead of the one-process run's."""
+    import torch.distributed as tdist
+
+    if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_world_size() == 1:
+        return
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                tdist.broadcast(p.data, src=0)
+
+
 def merged_state_dict(state: dict[str, torch.Tensor], lora) -> dict[str, torch.Tensor]:
     """A LoRA policy's state dict (peft names) as the plain model's: every adapter folded into its base weight
     (W + alpha/r * B @ A, in fp32), `modules_to_save` copies under their own names, peft's originals dropped. What
