@@ -69,8 +69,8 @@ def _live_state(modules: dict[str, torch.nn.Module], optimizer: torch.optim.Opti
     state = {}
     for name, module in modules.items():
         if name == MODEL_KEY and optimizer is not None:
-            model_state, state[OPTIM_KEY] = get_state_dict(module, optimizer)
-            state[MODEL_KEY] = trainable_state(module, model_state)
+            model_state, optim_state = get_state_dict(module, optimizer)
+            state[MODEL_KEY], state[OPTIM_KEY] = trainable_state(module, model_state), optim_state
         else:
             state[name] = get_model_state_dict(module)
     return state
