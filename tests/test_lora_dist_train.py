@@ -2,7 +2,8 @@
 adapter-disabled reference): the merged plain rollout copy samples what the sharded policy scores (rollout vs
 trainer log-probs within 1e-5 at every step), the KL term is live; dcp/ holds the adapter and its moments only;
 2 steps + a 2-rank resume of 1 equal 3 steps straight bit for bit (adapter, moments, metrics); the 2-rank
-checkpoint's adapter folder is the one a single process writes, and `scirl export` merges it like a 1-rank one."""
+checkpoint's adapter folder is the one a single process writes, `scirl export` merges it like a 1-rank one, and one
+process resumes it (the adapter-only dcp/ resharded onto an unsharded PeftModel)."""
 
 import json
 import os
@@ -115,3 +116,22 @@ def test_two_rank_lora_samples_merged_saves_the_adapter_and_exports(straight, tm
     assert float((expected - got).abs().max()) < 1e-5
     assert float((expected - plain).abs().max()) > 1e-4  # the trained adapter is in the merged weights
     assert isinstance(peft_model, PeftModel) and not any("lora" in k for k in merged.state_dict())
+
+
+def test_a_two_rank_lora_checkpoint_resumes_in_one_process(straight, tmp_path, capsys):
+    from scirl.config import load_config
+    from scirl.train.loop import run_training
+
+    one = tmp_path / "one"
+    shutil.copytree(straight, one)
+    shutil.rmtree(one / "checkpoints" / "step_2")
+    args = small_overrides(tmp_path, **{**OVERRIDES, "trainer.run_name": "one", "trainer.total_steps": 4,
+                                        "reward.workers": 1})
+    summary = run_training(load_config(None, args))
+    assert summary["resumed_from_step"] == 3
+    assert "written by 2 process(es), this run has 1" in capsys.readouterr().out
+    a, b = (load_file(one / "checkpoints" / f"step_{s}" / "model" / "adapter_model.safetensors") for s in (3, 4))
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)  # step 4 trained the adapter
+    state = read_saved(one / "checkpoints" / "step_4" / "dcp", "optimizer")
+    assert {float(v) for k, v in state.items() if k.endswith(".step")} == {8.0}  # 2 mini-batches a step, from 6 on
+    assert [r["step"] for r in _rows(one)] == [1, 2, 3, 4]
