@@ -3,7 +3,8 @@ adapter init (the one-process run's, though each rank seeded its generators apar
 PeftModel (frozen base and trainable adapter in the same FSDP units) gives the same adapter as one process (fp32,
 1e-6) with only the adapter moved, the adapter-disabled reference on the sharded module equals the base model's
 log-probs, and the plain rollout copy loaded with Actor.rollout_weights (merged weights, plain names) scores the
-batch like the sharded policy."""
+batch like the sharded policy. In one process the pushed weights (an engine with weights of its own) are peft's
+merge_and_unload state."""
 
 import copy
 import os
@@ -158,3 +159,28 @@ def test_the_merged_rollout_copy_scores_like_the_sharded_policy(two_ranks):
         mask = torch.ones_like(r["policy_lp"], dtype=torch.bool)
         diff = float((r["rollout_lp"] - r["policy_lp"])[mask].abs().max())
         assert diff < 1e-5, diff
+
+
+def test_one_process_pushes_the_merged_plain_weights(tmp_path):
+    from scirl.train.actor import Actor
+
+    cfg = _cfg(tmp_path)
+    model, _ = _peft(cfg, seed=0)
+    actor = Actor(model, cfg)
+    traj, adv = _fixed_batch()
+    actor.update(traj, adv)
+    assert actor.rollout_weights() is None  # the hf engine samples this very module: nothing to push
+    actor.push_weights = True  # an engine with weights of its own (vLLM, openai server)
+    pushed = actor.rollout_weights()
+    plain = copy.deepcopy(model).merge_and_unload().state_dict()  # peft's own merge
+    assert pushed.keys() == plain.keys()
+    assert max(float((pushed[k] - plain[k]).abs().max()) for k in plain) < 1e-6
+    base = load_base_state()
+    moved = [k for k in plain if float((pushed[k] - base[k]).abs().max()) > 1e-5]
+    assert moved and all(k.endswith(("q_proj.weight", "v_proj.weight", "down_proj.weight")) for k in moved)
+
+
+def load_base_state():
+    from scirl.train.model_loading import load_model_and_tokenizer
+
+    return load_model_and_tokenizer("builtin:tiny-qwen3")[0].state_dict()
