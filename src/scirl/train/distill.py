@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from scirl import dist
 from scirl.config import Config
 from scirl.config_checks import OPD_ESTIMATORS, teacher_context, uses_teacher
 from scirl.rollout.base import Trajectories
@@ -31,7 +32,10 @@ def make_teacher(cfg: Config, model, tokenizer, reference, device: str):
     from scirl.train.teachers import AdapterEMATeacher, EMATeacher, ExternalTeacher
 
     ds, micro, temp = cfg.distill, cfg.actor.ppo_micro_batch_size, cfg.rollout.temperature
-    if ds.teacher == "ema" and cfg.model.lora.rank > 0:  # LoRA: an EMA of the adapter over the shared base
+    if ds.teacher == "ema" and cfg.model.lora.rank > 0 and dist.world_size() == 1:
+        # LoRA on one process: an EMA of the adapter over the shared base. Under FSDP2 the teacher stays a full copy
+        # (sharded like the policy): FSDP's all-gather hooks set the module's parameters themselves, so standing
+        # other tensors in for them as module attributes is not safe there.
         return AdapterEMATeacher(model, micro, temp, chunk_size=cfg.actor.logprobs_chunk_size)
     if ds.teacher == "ema":
         return EMATeacher(model, micro, temp, chunk_size=cfg.actor.logprobs_chunk_size)
