@@ -1,0 +1,1 @@
+"""Agents that use tools: the tool registry (`tools`) and the Hermes tool-call format (`hermes`)."""
