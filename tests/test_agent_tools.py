@@ -202,6 +202,10 @@ def test_execute_calls_misbehaving_tools():
     assert (r[8].text, r[8].is_error) == ("42", False)
     assert r[9].is_error and r[9].text.endswith("a?")
     assert ex.counts == {"calls": 10, "errors": 8, "timeouts": 1, "truncated": 1}
+    lat = ex.latency_by_tool
+    assert sorted(lat) == ["boom", "bytes", "huge", "nope", "ok", "sleepy", "surrogate"]
+    assert lat["ok"][:3] == [0.0, 0.0, 0.0] and lat["ok"][3] < 0.5  # 3 refused before running, 1 ran
+    assert lat["sleepy"][0] >= 0.2 and lat["nope"] == [0.0]
     # unknown argument names are refused too
     ex2 = execute_calls([ToolCall("ok", {"x": 1, "z": 2})], tools, 1, 200, parallel=False)
     assert ex2.results[0].text == "error: unknown argument(s) 'z'; expected x"

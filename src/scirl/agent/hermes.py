@@ -63,6 +63,14 @@ class Execution:
         return {"calls": len(r), "errors": sum(x.is_error for x in r), "timeouts": sum(x.timed_out for x in r),
                 "truncated": sum(x.truncated for x in r)}
 
+    @property
+    def latency_by_tool(self) -> dict[str, list[float]]:
+        """Seconds per call, grouped by tool name (for the per-tool latency metric)."""
+        out: dict[str, list[float]] = {}
+        for x in self.results:
+            out.setdefault(x.name, []).append(x.latency_s)
+        return out
+
 
 # ---------------------------------------------------------------- parsing
 
@@ -176,6 +184,8 @@ def _call(tool: Tool, args: dict, box: dict) -> None:
         box["fatal"] = e
     except BaseException as e:  # noqa: BLE001 - anything the tool does wrong goes back to the model as text
         box["out"] = (f"error: {type(e).__name__}: {e}", True)
+    finally:
+        box["t1"] = time.monotonic()
 
 
 def execute_calls(calls: Sequence[ToolCall], tools: Sequence[Tool] | dict[str, Tool], timeout: float,
@@ -187,7 +197,7 @@ def execute_calls(calls: Sequence[ToolCall], tools: Sequence[Tool] | dict[str, T
 
     def finish(i: int, call: ToolCall, thread: threading.Thread, box: dict, t0: float) -> None:
         thread.join(max(0.0, t0 + timeout - time.monotonic()))
-        latency = time.monotonic() - t0
+        latency = box.get("t1", time.monotonic()) - t0  # when the tool returned, not when we looked
         if "fatal" in box:
             raise box["fatal"]
         if thread.is_alive() or "out" not in box:
