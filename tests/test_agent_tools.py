@@ -230,13 +230,13 @@ def tiny_tok():
 
 @pytest.fixture(scope="module")
 def qwen3_tok(tmp_path_factory):
-    """The tiny tokenizer with Qwen3's official chat template (as TRL ships it; the bundled one ignores tools)."""
-    import trl
+    """The tiny tokenizer with Qwen3's official chat template (the bundled one ignores tools). The template file is
+    a byte-for-byte copy of the one TRL ships as `trl/chat_templates/qwen3.jinja` (Qwen3's, Apache-2.0)."""
     from transformers import AutoTokenizer
     d = tmp_path_factory.mktemp("tiny-qwen3-tools")
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(ASSETS / f, d / f)
-    shutil.copy(Path(trl.__file__).parent / "chat_templates" / "qwen3.jinja", d / "chat_template.jinja")
+    shutil.copy(Path(__file__).parent / "helpers" / "qwen3_chat_template.jinja", d / "chat_template.jinja")
     return AutoTokenizer.from_pretrained(str(d))
 
 

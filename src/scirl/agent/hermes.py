@@ -10,7 +10,9 @@ model turn, calls executed safely, and the token ids of the tool turn that the r
   `parallel`), so a tool that hangs is abandoned after `timeout` s and cannot block the trainer's exit. Raising,
   timing out, unknown tool, wrong arguments (checked against the schema: required present, no unknown names,
   JSON types), non-UTF-8 output: an error text for the model (`is_error`), counted. Texts longer than
-  `max_response_len` characters are cut to that length, a marker included.
+  `max_response_len` characters are cut to that length, a marker included. An abandoned thread runs on until
+  its tool returns (Python cannot kill a thread), so a tool that can hang should bound itself, as the sandbox
+  runner behind code_interpreter does (it kills the program).
 - `tool_response_ids(tokenizer, results)`: the ids to append after the model's end-of-turn token: the tool
   turn(s) with `<tool_response>` blocks and the opening of the next assistant turn. Computed with the chat
   template (as TRL's GRPO tool loop does): render a dummy [user, assistant-with-tool-call] conversation, then the
