@@ -116,16 +116,21 @@ def test_code_interpreter_uses_injected_runner():
     ("1234*5678", "7006652"), ("0.1+0.2", "0.3"), ("2**100", "1267650600228229401496703205376"),
     ("1/3", "1/3 (≈ 0.33333333333333333333)"), ("-(1.5)^2", "-2.25"), ("7 // 2 + 7 % 2", "4"),
     ("123456789012345678901234567890 * 10", "1234567890123456789012345678900"), ("1e-3*3", "0.003"),
-    ("2**-3", "0.125"), ("3.14159 - 0.00159", "3.14"),
+    ("2**-3", "0.125"), ("3.14159 - 0.00159", "3.14"), ("(-1)**10001 + 1**(10**400)", "0"),
 ])
 def test_calculator_exact(expr, want):
     assert calculate(expr) == want
 
 
+def test_calculator_largest_results_print():
+    assert calculate("2**13000") == str(2**13000)  # 3,914 digits: inside the bound and Python's str limit
+
+
 @pytest.mark.parametrize("expr, why", [
     ("__import__('os')", "not allowed: Call"), ("().__class__", "not allowed: Attribute"), ("x + 1", "not allowed: Name"),
     ("'a' * 3", "not allowed: Constant"), ("1/0", "division by zero"), ("9**9**9", "result too large"),
-    ("2 ** 0.5", "only integer exponents"), ("1 +", "cannot parse"),
+    ("2 ** 0.5", "only integer exponents"), ("1 +", "cannot parse"), ("2**14001", "result too large"),
+    ("(2**7000)**2 * 4", "result too large"), ("0.5**-14001", "result too large"),
 ])
 def test_calculator_refuses(expr, why):
     with pytest.raises(CalcError, match=why):
