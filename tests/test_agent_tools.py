@@ -57,6 +57,9 @@ def test_user_tool_from_file(tmp_path):
 
         def nodoc(x):
             return x
+
+        from scirl.agent.tools import Tool
+        ready = Tool("ready", "Made by hand.", {"type": "object", "properties": {}}, lambda: "ready!")
     '''))
     (tool,) = resolve_tools([f"{f}:search"])
     assert tool.name == "search"
@@ -67,6 +70,8 @@ def test_user_tool_from_file(tmp_path):
                                "required": ["query"]}
     ex = execute_calls([ToolCall("search", {"query": "pi", "k": 2})], [tool], timeout=5, max_response_len=100)
     assert [r.text for r in ex.results] == ["2 hits for pi"]
+    (ready,) = resolve_tools([f"{f}:ready"])  # an attribute that already is a Tool is used as is
+    assert (ready.name, ready.fn()) == ("ready", "ready!")
     with pytest.raises(ScirlError, match=r"^tool '.*:nodoc': cannot build its JSON schema"):
         resolve_tools([f"{f}:nodoc"])
     with pytest.raises(ScirlError, match=r"^tool '.*:missing': .* has no attribute 'missing'"):
@@ -294,3 +299,5 @@ def test_tool_response_ids_match_full_render(qwen3_tok):
     assert tok.decode(suffix) == ("\n<|im_start|>user\n<tool_response>\n7006653\n</tool_response>\n<tool_response>\n"
                                   "2\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
     assert tool_response_ids(tok, ["x"], include_turn_end=True)[0] == tok.eos_token_id
+    no_think = tool_response_ids(tok, ["x"], enable_thinking=False)  # template kwargs reach the next header
+    assert tok.decode(no_think).endswith("</tool_response><|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")

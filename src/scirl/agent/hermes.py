@@ -181,7 +181,7 @@ def truncate(text: str, limit: int) -> tuple[str, bool]:
 
 def _call(tool: Tool, args: dict, box: dict) -> None:
     try:
-        box["out"] = _to_text(tool.fn(**args))
+        box["out"] = _to_text(tool(**args))
     except ToolNotConfigured as e:
         box["fatal"] = e
     except BaseException as e:  # noqa: BLE001 - anything the tool does wrong goes back to the model as text

@@ -41,6 +41,11 @@ class Tool:
     parameters: dict = field(default_factory=lambda: {"type": "object", "properties": {}})
     fn: Callable[..., Any] | None = None
 
+    def __call__(self, **arguments: Any) -> Any:
+        if self.fn is None:
+            raise ToolNotConfigured(f"tool {self.name!r} has no function")
+        return self.fn(**arguments)
+
     @property
     def schema(self) -> dict:
         """The OpenAI function schema a chat template's `tools=` argument renders."""
