@@ -67,8 +67,8 @@ def test_only_the_adapter_trains_and_generate_and_logprobs_work_through_peft():
     # a fresh adapter (B = 0) leaves the policy unchanged
     assert torch.equal(batched_logprobs(peft, _traj(tok), 8, 1.0), base_lp)
     out = peft.generate(input_ids=torch.tensor([[5, 6, 7]]), attention_mask=torch.ones(1, 3, dtype=torch.long),
-                        max_new_tokens=4, do_sample=True, pad_token_id=tok.pad_token_id)
-    assert out.shape == (1, 7)
+                        max_new_tokens=4, min_new_tokens=4, do_sample=True, pad_token_id=tok.pad_token_id)
+    assert out.shape == (1, 7)  # min_new_tokens: a sampled early EOS cannot shorten it
 
 
 def test_adapter_disabled_reference_equals_the_base_model():
