@@ -139,3 +139,22 @@ def test_export_writes_the_card_into_the_exported_folder(run, tmp_path):
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(out).num_parameters() > 0  # still a plain HF folder
+
+
+def test_lora_and_4bit_runs_list_their_adapter_and_quantisation(run, tmp_path):
+    from scirl.publish.card import build_card
+
+    fake = tmp_path / "run"
+    shutil.copytree(run, fake, ignore=shutil.ignore_patterns("checkpoints", "*.jsonl"))
+    cfg = yaml.safe_load((fake / "config.yaml").read_text())
+    assert "model.lora.rank" not in str(build_card(fake))  # a full-weight run lists no adapter keys
+    cfg["model"]["lora"] = {**cfg["model"]["lora"], "rank": 64, "alpha": 64, "target_modules": ["q_proj", "v_proj"]}
+    cfg["model"]["quantization"] = {**cfg["model"].get("quantization", {}), "load_in_4bit": True,
+                                    "bnb_4bit_quant_type": "nf4"}
+    (fake / "config.yaml").write_text(yaml.safe_dump(cfg))
+    card = build_card(fake)
+    assert "| `model.lora.rank` | `64` |" in card.text and "| `model.lora.target_modules` | `['q_proj', 'v_proj']` |" \
+        in card.text
+    assert "| `model.quantization.bnb_4bit_quant_type` | `nf4` |" in card.text and "(4-bit nf4) with a LoRA adapter" \
+        in card.text
+    assert {"lora", "qlora", "4-bit"} <= set(card.data.tags)

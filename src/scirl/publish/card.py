@@ -28,6 +28,10 @@ HPARAMS = ("algorithm.adv_estimator", "actor.policy_loss", "actor.loss_agg_mode"
            "actor.ppo_mini_batch_size", "actor.ppo_epochs", "rollout.n", "rollout.temperature",
            "rollout.max_new_tokens", "rollout.val_n", "rollout.val_temperature", "reward.name", "distill.teacher",
            "model.dtype", "trainer.total_steps", "trainer.seed", "trainer.best_metric")
+LORA_HPARAMS = ("model.lora.rank", "model.lora.alpha", "model.lora.dropout", "model.lora.target_modules",
+                "model.lora.modules_to_save")  # listed when model.lora.rank > 0
+QUANT_HPARAMS = ("model.quantization.load_in_4bit", "model.quantization.bnb_4bit_quant_type",
+                 "model.quantization.bnb_4bit_compute_dtype", "model.quantization.double_quant")  # when 4-bit
 
 
 def _read_json(path: Path) -> dict | None:
@@ -113,6 +117,8 @@ def build_card(run_dir: Path | str, out_dir: Path | str | None = None):
     base = str(_get(cfg, "model.path") or "")
     algo = str(_get(cfg, "algorithm.adv_estimator") or "rl")
     lora = (_get(cfg, "model.lora.rank") or 0) > 0
+    quant = bool(_get(cfg, "model.quantization.load_in_4bit"))
+    weights = f"4-bit {_get(cfg, 'model.quantization.bnb_4bit_quant_type')}" if quant else _get(cfg, "model.dtype")
     license_ = base_license(base)
     train_ds, val_ds = str(_get(cfg, "data.train")), str(_get(cfg, "data.val"))
     final_step = max((s for s in evals if s > 0), default=None)
@@ -133,8 +139,8 @@ def build_card(run_dir: Path | str, out_dir: Path | str | None = None):
     data = ModelCardData(
         model_name=name, base_model=hub_base, library_name="transformers", pipeline_tag="text-generation",
         license=license_, datasets=[d for d in dict.fromkeys([train_ds, val_ds]) if d and d != "None"],
-        tags=["scirl", "reinforcement-learning", algo, str(_get(cfg, "actor.policy_loss") or "")] + (["lora"] if lora
-                                                                                                  else []),
+        tags=["scirl", "reinforcement-learning", algo, str(_get(cfg, "actor.policy_loss") or "")]
+        + (["lora"] if lora else []) + (["qlora", "4-bit"] if quant else []),
         eval_results=results or None,
         base_model_relation=("adapter" if lora else "finetune") if hub_base else None)
     data.tags = [t for t in dict.fromkeys(data.tags) if t]
@@ -148,7 +154,7 @@ def build_card(run_dir: Path | str, out_dir: Path | str | None = None):
                                    f"`{base}` (a local or bundled model, not a hub id: no `base_model` in the "
                                    "header).")]
     parts += ["", "## Training pipeline", "",
-              f"1. Load `{base}` ({_get(cfg, 'model.dtype')}){' with a LoRA adapter' if lora else ''}.",
+              f"1. Load `{base}` ({weights}){' with a LoRA adapter' if lora else ''}.",
               f"2. Each step: {_get(cfg, 'data.train_batch_size')} prompts × {_get(cfg, 'rollout.n')} samples "
               f"(temperature {_get(cfg, 'rollout.temperature')}, up to {_get(cfg, 'rollout.max_new_tokens')} new "
               f"tokens) from the `{_get(cfg, 'rollout.engine')}` engine, scored by the `{_get(cfg, 'reward.name')}` "
@@ -157,7 +163,8 @@ def build_card(run_dir: Path | str, out_dir: Path | str | None = None):
               f"(lr {_get(cfg, 'actor.lr')}).",
               f"4. Validation every {_get(cfg, 'trainer.test_freq') or 'end of'} step(s) with "
               f"{_get(cfg, 'rollout.val_n')} samples per prompt; checkpoints in `checkpoints/`."]
-    hp = [(k, _get(cfg, k)) for k in HPARAMS if _get(cfg, k) not in (None, "")]
+    keys = HPARAMS + (LORA_HPARAMS if lora else ()) + (QUANT_HPARAMS if quant else ())
+    hp = [(k, _get(cfg, k)) for k in keys if _get(cfg, k) not in (None, "", [])]
     parts += ["", "## Hyperparameters", "", _table(["key", "value"], [[f"`{k}`", f"`{v}`"] for k, v in hp]), "",
               "The full resolved configuration is `config.yaml` in the run folder."]
     parts += ["", "## Datasets", ""]
