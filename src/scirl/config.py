@@ -34,11 +34,23 @@ class LoraConfig:
 
 
 @dataclass
+class QuantizationConfig:
+    """4-bit QLoRA (bitsandbytes): the base is quantised at load and frozen; only the LoRA adapter trains, so it
+    needs model.lora.rank > 0 (scirl.train.quantize)."""
+
+    load_in_4bit: bool = False
+    bnb_4bit_quant_type: str = "nf4"  # nf4 | fp4
+    bnb_4bit_compute_dtype: str = "float32"  # float32 | bfloat16 | float16: the dtype the 4-bit matmuls run in
+    double_quant: bool = False  # quantise the quantisation constants too (bnb_4bit_use_double_quant)
+
+
+@dataclass
 class ModelConfig:
     path: str = "builtin:tiny-qwen3"  # local folder, hub id, or builtin:<name> (a model bundled in scirl/assets)
     dtype: str = "float32"  # float32 | bfloat16 | float16
     attn_implementation: str = "sdpa"
     lora: LoraConfig = field(default_factory=LoraConfig)
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 from scirl.config import Config
 from scirl.errors import ScirlError
 from scirl.registry import unknown_name_error
+from scirl.train.quantize import check_quantization
 
 GROUP_ESTIMATORS = ("grpo", "rloo", "reinforce_plus_plus_baseline")  # need >= 2 samples per prompt
 
@@ -52,6 +53,7 @@ def validate(cfg: Config) -> None:
     _choice("actor.fsdp.reduce_dtype", act.fsdp.reduce_dtype, ("float32", "bfloat16"))
     _check_loggers(cfg)
     _check_data(cfg)
+    check_quantization(cfg)
     _check_distill(cfg)
 
     if a.adv_estimator in GROUP_ESTIMATORS and r.n < 2:

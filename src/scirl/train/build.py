@@ -80,7 +80,8 @@ def build_run(cfg: Config, init_path: str) -> RunParts:
     # reward workers are forked before the model and tokenizer spin up their threads
     pool = RewardPool(cfg.reward.name, workers=cfg.reward.workers, timeout=cfg.reward.timeout)
     device = pick_device(t.device)
-    model, tokenizer = load_model_and_tokenizer(init_path, cfg.model.dtype, device, cfg.model.attn_implementation)
+    model, tokenizer = load_model_and_tokenizer(init_path, cfg.model.dtype, device, cfg.model.attn_implementation,
+                                                quantization=cfg.model.quantization)  # 4-bit QLoRA base
     if lora_on(cfg):  # a fresh adapter on model.path; on resume dcp/ restores it (model/ is an adapter folder, so
         # init_weights_path gives model.path)
         model = apply_lora(model, cfg.model.lora)

@@ -34,7 +34,10 @@ def resolve_model_path(path: str) -> str:
 
 
 def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "cpu", attn: str = "sdpa",
-                             key: str = "model.path"):
+                             key: str = "model.path", quantization=None):
+    """(model on `device`, tokenizer). `quantization`: a model.quantization with load_in_4bit, the base loaded
+    4-bit by bitsandbytes (quantised from the same weights the same way every time: a resume re-quantises it
+    bit for bit) and prepared for QLoRA (scirl.train.quantize)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from scirl.hub import hub_kwargs
@@ -45,12 +48,23 @@ def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "c
     hub = {} if Path(resolved).exists() else hub_kwargs(resolved, key)  # fail fast when the hub is unreachable
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved, **hub)
-        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=DTYPES[dtype], attn_implementation=attn, **hub)
+        if quantization is not None and quantization.load_in_4bit:
+            from scirl.train.quantize import bnb_config, prepare_4bit_base
+
+            model = AutoModelForCausalLM.from_pretrained(resolved, dtype=DTYPES[dtype], attn_implementation=attn,
+                                                         quantization_config=bnb_config(quantization),
+                                                         device_map={"": device}, **hub)
+            model = prepare_4bit_base(model)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(resolved, dtype=DTYPES[dtype], attn_implementation=attn,
+                                                         **hub)
     except OSError as e:  # missing files, a repo that does not exist...
         raise ScirlError(f"{key}: cannot load '{path}': {str(e).splitlines()[0]}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device), tokenizer
+    if quantization is None or not quantization.load_in_4bit:
+        model = model.to(device)
+    return model, tokenizer
 
 
 def pick_device(choice: str) -> str:
