@@ -1,6 +1,6 @@
 """4-bit QLoRA (model.quantization): config checks (one line naming the key), the 4-bit base re-quantised bit for
 bit from model.path, gradients reaching the adapter through the 4-bit matmuls, the adapter-disabled reference
-equal to the 4-bit base, and tiny_qlora.yaml trained 2 steps + resumed to 3 bitwise equal to 3 uninterrupted
+equal to the 4-bit base, and tiny_qlora.yaml trained 1 step + resumed to 2 bitwise equal to 2 uninterrupted
 steps, the adapter moved and the base still 4-bit."""
 
 import json
@@ -106,7 +106,7 @@ def test_tiny_qlora_recipe_trains_and_resumes_bitwise(tmp_path):
     cfg = load_config(RECIPE)
     q = cfg.model.quantization
     assert (q.load_in_4bit, q.bnb_4bit_quant_type, cfg.model.lora.rank) == (True, "nf4", 16)
-    extra = {"trainer.save_freq": 2, "trainer.total_steps": 3, "trainer.test_freq": 0, "actor.use_kl_loss": True,
+    extra = {"trainer.save_freq": 1, "trainer.total_steps": 2, "trainer.test_freq": 0, "actor.use_kl_loss": True,
              "data.train_size": 16, "data.train_batch_size": 4, "actor.ppo_mini_batch_size": 4,
              "rollout.n": 4, "rollout.max_new_tokens": 16, "reward.name": f"{REWARD}:score",
              "data.val_size": 4, "rollout.val_n": 2, "trainer.progress": False, "reward.workers": 1}
@@ -118,19 +118,19 @@ def test_tiny_qlora_recipe_trains_and_resumes_bitwise(tmp_path):
 
     run_training(load_config(RECIPE, over("full")))
     full = tmp_path / "full"
-    step2 = load_file(full / "checkpoints" / "step_2" / "model" / "adapter_model.safetensors")
+    step1 = load_file(full / "checkpoints" / "step_1" / "model" / "adapter_model.safetensors")
     part = tmp_path / "part"
     shutil.copytree(full, part)
-    shutil.rmtree(part / "checkpoints" / "step_3")
+    shutil.rmtree(part / "checkpoints" / "step_2")
     lines = (part / "metrics.jsonl").read_text().splitlines()
-    (part / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    (part / "metrics.jsonl").write_text("\n".join(lines[:1]) + "\n")
     summary = run_training(load_config(RECIPE, over("part", **{"trainer.resume": "auto"})))
-    assert summary["resumed_from_step"] == 2
-    a = load_file(full / "checkpoints" / "step_3" / "model" / "adapter_model.safetensors")
-    b = load_file(part / "checkpoints" / "step_3" / "model" / "adapter_model.safetensors")
+    assert summary["resumed_from_step"] == 1
+    a = load_file(full / "checkpoints" / "step_2" / "model" / "adapter_model.safetensors")
+    b = load_file(part / "checkpoints" / "step_2" / "model" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert any(not torch.equal(a[k], step2[k]) for k in a)  # step 3 moved the adapter
-    saved = saved_keys(part / "checkpoints" / "step_3" / "dcp")
+    assert any(not torch.equal(a[k], step1[k]) for k in a)  # the resumed step moved the adapter
+    saved = saved_keys(part / "checkpoints" / "step_2" / "dcp")
     q_proj = "model.base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"
     assert saved[q_proj] == torch.Size([128 * 128 // 2, 1])  # the base stayed 4-bit: two nf4 codes per byte
     assert f"{q_proj}.quant_state.bitsandbytes__nf4" in saved
@@ -138,7 +138,7 @@ def test_tiny_qlora_recipe_trains_and_resumes_bitwise(tmp_path):
     assert fresh and all(a[k].abs().max() > 0 for k in fresh)  # B starts at 0: training moved every B
 
     def last(run):
-        row = json.loads((run / "metrics.jsonl").read_text().splitlines()[2])
+        row = json.loads((run / "metrics.jsonl").read_text().splitlines()[1])
         return {k: v for k, v in row.items() if not k.startswith("timing/")}
 
     assert last(full) == last(part)

@@ -30,7 +30,7 @@ def qlora_run(tmp_path_factory):
     run_training(load_config(None, small_overrides(tmp, **{
         "model.quantization.load_in_4bit": True, "model.quantization.bnb_4bit_quant_type": "nf4",
         "model.lora.rank": 8, "model.lora.alpha": 16, "model.lora.target_modules": "[q_proj,k_proj,v_proj,o_proj]",
-        "trainer.total_steps": 2, "actor.lr": 3e-2, "data.train_size": 16, "rollout.max_new_tokens": 12,
+        "trainer.total_steps": 1, "actor.lr": 3e-2, "data.train_size": 16, "rollout.max_new_tokens": 12,
         "data.val_size": 4, "rollout.val_n": 2, "reward.name": f"{REWARD}:score"})))
     return tmp / "t"
 
@@ -41,7 +41,7 @@ def test_merged_fp32_export_equals_the_4bit_base_plus_adapter(qlora_run, tmp_pat
     out = tmp_path / "merged"
     assert main(["export", str(qlora_run), "-o", str(out), "--dtype", "fp32"]) == 0
     assert "merged" in capsys.readouterr().out
-    trained, _ = load_base_and_adapter(qlora_run / "checkpoints" / "step_2", dequantize=False)
+    trained, _ = load_base_and_adapter(qlora_run / "checkpoints" / "step_1", dequantize=False)
     assert is_4bit(trained)  # the policy as trained: 4-bit nf4 base + fp32 adapter
     assert any(p.abs().max() > 0 for n, p in trained.named_parameters() if "lora_B" in n)
     expected = _logits(trained)
@@ -75,7 +75,7 @@ def test_bf16_export_and_adapter_only(qlora_run, tmp_path):
     assert main(["export", str(qlora_run), "-o", str(out), "--adapter-only"]) == 0
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
     assert not (out / "model.safetensors").exists()
-    trained, _ = load_base_and_adapter(qlora_run / "checkpoints" / "step_2", dequantize=False)
+    trained, _ = load_base_and_adapter(qlora_run / "checkpoints" / "step_1", dequantize=False)
     expected = _logits(trained)
     trained.load_adapter(str(out), adapter_name="again")
     trained.set_adapter("again")

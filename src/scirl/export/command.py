@@ -20,7 +20,8 @@ generation_config.json, tokenizer files and chat template. The checkpoint may ho
 (step_N/model/, or the HF files at step_N/ in older checkpoints) or only its DCP shards (step_N/dcp/ with
 step_N/hf_meta/), saved at any world size; no process group is needed. --dtype defaults to fp32 (an fp32
 checkpoint's logits are reproduced exactly). A LoRA run's checkpoint (model.lora.rank > 0: an adapter in
-step_N/model/) is loaded as base (the run's model.path) + adapter in fp32 and merged into the base weights;
+step_N/model/) is loaded as base (the run's model.path) + adapter in fp32 and merged into the base weights
+(a 4-bit QLoRA base is quantised as in training, then dequantised to fp32 first: no quantization_config is written);
 --adapter-only writes the peft adapter folder (adapter_config.json, adapter_model.safetensors, tokenizer)
 instead. DIR is written atomically; an existing non-empty DIR is refused unless --force."""
 
