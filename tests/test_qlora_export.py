@@ -50,6 +50,11 @@ def test_merged_fp32_export_equals_the_4bit_base_plus_adapter(qlora_run, tmp_pat
     merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     assert not is_4bit(merged) and not any("lora" in k for k in merged.state_dict())
     assert merged.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32
+    # dequantising is exact: the fp32 base + the unmerged adapter compute the 4-bit policy's logits bit for bit
+    # (bitsandbytes' 4-bit matmul multiplies by the same dequantize_4bit weights); what is left is the merge's fp32
+    # rounding (W + s B A stored once), as for plain LoRA
+    dequantised, _ = load_base_and_adapter(qlora_run / "checkpoints" / "step_1")
+    assert not is_4bit(dequantised) and torch.equal(_logits(dequantised), expected)
     err = (expected - _logits(merged)).abs().max().item()
     assert err < 1e-5, err
     with torch.no_grad():  # the adapter is in the merged weights: the 4-bit base alone is far from it
