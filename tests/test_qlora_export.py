@@ -84,4 +84,4 @@ def test_bf16_export_and_adapter_only(qlora_run, tmp_path):
     expected = _logits(trained)
     trained.load_adapter(str(out), adapter_name="again")
     trained.set_adapter("again")
-    assert torch.equal(_logits(trained.eval()), expected)  # the written adapter is the trained one, on the same 4-bit base
+    assert torch.equal(_logits(trained.eval()), expected)  # the written adapter is the trained one (same 4-bit base)
