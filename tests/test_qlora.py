@@ -144,3 +144,21 @@ def test_tiny_qlora_recipe_trains_and_resumes_bitwise(tmp_path):
     assert last(full) == last(part)
     kl = [k for k in last(full) if "kl" in k]
     assert kl and any(last(full)[k] != 0 for k in kl), last(full)  # KL against the 4-bit base is live
+
+
+def test_qlora_rlsd_with_the_adapter_ema_teacher_resumes_bitwise(tmp_path):
+    from conftest import full_and_resumed_runs
+
+    extra = {**Q4, "trainer.save_freq": 1, "trainer.total_steps": 2, "actor.lr": 1e-2,
+             "actor.policy_loss": "rlsd", "distill.teacher": "ema", "distill.teacher_update_rate": 0.5,
+             "distill.teacher_context": "peer_solution", "data.train_size": 16, "rollout.max_new_tokens": 16,
+             "data.val_size": 4, "rollout.val_n": 2, "reward.name": f"{REWARD}:score"}
+    full, part, summary = full_and_resumed_runs(tmp_path, extra, stop_after=1)
+    assert summary["resumed_from_step"] == 1
+    a = load_file(full / "checkpoints" / "step_2" / "model" / "adapter_model.safetensors")
+    b = load_file(part / "checkpoints" / "step_2" / "model" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads((run / "metrics.jsonl").read_text().splitlines()[1]) for run in (full, part)]
+    same = [{k: v for k, v in row.items() if not k.startswith("timing/")} for row in rows]
+    assert same[0] == same[1]
+    assert any(k.startswith("rlsd/") or "teacher" in k for k in same[0]), sorted(same[0])

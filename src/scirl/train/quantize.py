@@ -61,9 +61,7 @@ def check_quantization(cfg) -> None:
         if engine in ("vllm", "openai"):
             raise ScirlError(f"{KEY}.load_in_4bit=true with {key}={engine}: that engine holds plain weights and "
                              "scirl does not push a dequantised merge to it; use the hf engine")
-    if cfg.distill.teacher == "ema":
-        raise ScirlError(f"{KEY}.load_in_4bit=true with distill.teacher=ema: the EMA teacher averages every "
-                         "weight, and 4-bit weights cannot be averaged; use distill.teacher=reference")
+    # distill.teacher=ema works: a LoRA run's EMA teacher averages the adapter only (AdapterEMATeacher)
 
 
 def bnb_config(q):
