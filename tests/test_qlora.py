@@ -131,9 +131,9 @@ def test_tiny_qlora_recipe_trains_and_resumes_bitwise(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], step1[k]) for k in a)  # the resumed step moved the adapter
     saved = saved_keys(part / "checkpoints" / "step_2" / "dcp")
-    q_proj = "model.base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"
-    assert saved[q_proj] == torch.Size([128 * 128 // 2, 1])  # the base stayed 4-bit: two nf4 codes per byte
-    assert f"{q_proj}.quant_state.bitsandbytes__nf4" in saved
+    model_keys = [k for k in saved if k.startswith("model.")]
+    assert model_keys and all("lora_" in k for k in model_keys)  # adapter only: the 4-bit base is re-made from
+    assert not any("quant_state" in k or "base_layer" in k for k in saved)  # model.path on resume, never saved
     fresh = {k for k in a if "lora_B" in k}
     assert fresh and all(a[k].abs().max() > 0 for k in fresh)  # B starts at 0: training moved every B
 

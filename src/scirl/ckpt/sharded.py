@@ -55,10 +55,19 @@ def frozen_names(module: torch.nn.Module) -> set[str]:
 
 
 def trainable_state(module: torch.nn.Module, state: dict) -> dict:
-    """`state` (a model state dict) without the module's frozen parameters. torch's own `ignore_frozen_params`
-    keeps a tied alias of a frozen parameter, hence the explicit filter."""
+    """`state` (a model state dict) without the module's frozen parameters, nor the entries that belong to one (a
+    4-bit weight's quantisation state: `<weight>.absmax`, `<weight>.quant_map`, ...). torch's own
+    `ignore_frozen_params` keeps a tied alias of a frozen parameter, hence the explicit filter."""
     frozen = frozen_names(module)
-    return {k: v for k, v in state.items() if k not in frozen}
+
+    def of_frozen(key: str) -> bool:
+        while True:
+            if key in frozen:
+                return True
+            if "." not in key:
+                return False
+            key = key.rsplit(".", 1)[0]
+    return {k: v for k, v in state.items() if not of_frozen(k)}
 
 
 def _live_state(modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer | None) -> dict:
