@@ -280,6 +280,25 @@ class TrainerConfig:
 
 
 @dataclass
+class SandboxConfig:
+    """Untrusted code (code_interpreter, code rewards): scirl.sandbox. Limits are per run."""
+
+    tier: str = "auto"  # auto (strongest available) | bwrap | landlock | unsafe
+    allow_unsafe: bool = False  # with neither bubblewrap nor Landlock, run with only rlimits + timeouts
+    bwrap: str = "/usr/bin/bwrap"  # the bubblewrap binary (apt-get install bubblewrap)
+    user_prefix: str = "scirl-sbx"  # worker i runs as user <prefix><i> (created by .ci/run; root only)
+    workers: int = 4  # parallel sandboxes, each with its own uid
+    timeout: float = 10.0  # seconds of wall clock per run (exceeded: killed, return code 124)
+    memory_mb: int = 1024  # address space (RLIMIT_AS)
+    cpu_seconds: int = 5  # RLIMIT_CPU
+    max_processes: int = 64  # RLIMIT_NPROC of the worker's uid
+    file_size_mb: int = 64  # largest file the program may write (RLIMIT_FSIZE)
+    disk_mb: int = 64  # size of each of the tmpfs /tmp and work dir (bwrap tier)
+    max_fds: int = 256  # RLIMIT_NOFILE
+    max_output_bytes: int = 1048576  # stdout + stderr kept; more kills the run (truncated)
+
+
+@dataclass
 class RayConfig:
     """trainer.launcher=ray: Ray only places and starts the training processes (one actor per rank)."""
 
@@ -300,6 +319,7 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -99,6 +99,10 @@ RANGES: dict[str, Range] = {
     "actor.logprobs_chunk_size": at_least(0, "0 picks the chunk from the vocabulary size"),
     "ray.num_cpus_per_worker": NON_NEG, "ray.num_gpus_per_worker": NON_NEG,
     "ray.object_store_memory": at_least(78643200, "Ray's minimum object store is 75 MiB"),
+    "sandbox.workers": COUNT, "sandbox.timeout": above(0), "sandbox.memory_mb": at_least(64, "python3 needs ~30 MB"),
+    "sandbox.cpu_seconds": COUNT, "sandbox.max_processes": COUNT, "sandbox.file_size_mb": COUNT,
+    "sandbox.disk_mb": COUNT, "sandbox.max_fds": at_least(16, "python3 opens ~5 at start"),
+    "sandbox.max_output_bytes": COUNT,
 }
 LIST_RANGES: dict[str, tuple[int, Range]] = {  # key: (length, range of each item)
     "actor.betas": (2, Range(0.0, 1.0, high_open=True)),

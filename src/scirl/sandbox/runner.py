@@ -1,0 +1,219 @@
+"""`Sandbox.run(code, stdin, timeout)`: one untrusted Python program in the strongest tier, its output capped.
+
+Launch path (no preexec_fn: a fork of a multi-GB trainer costs ~60 ms, posix_spawn of /bin/sh ~2 ms):
+    /bin/sh -c WRAPPER  ->  ulimit ...; exec setpriv --reuid U ... -- bwrap ... /usr/bin/python3 -I -B main.py
+The program arrives through a memfd (`bwrap --file`), the seccomp program through another (`--seccomp`); the
+payload runs the system /usr/bin/python3 from the read-only /usr, never the trainer's interpreter or venv, with an
+environment of five fixed variables. Output beyond `max_output_bytes` (stdout + stderr) kills the run and sets
+`truncated`; past the wall-clock timeout the run is killed, `timed_out` is set and the return code is 124.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+from scirl.sandbox import tiers
+
+PYTHON = "/usr/bin/python3"
+ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/work", "LANG": "C.UTF-8", "TMPDIR": "/tmp",
+       "PYTHONDONTWRITEBYTECODE": "1"}
+# rlimits, then drop to the sandbox uid (if any), then the tier's launcher; $1..$6 are the limits
+WRAPPER = ('ulimit -c 0 && ulimit -v "$1" && ulimit -t "$2" && ulimit -p "$3" && ulimit -f "$4" && ulimit -n "$5" '
+           '|| { echo "sandbox: cannot set rlimits" >&2; exit 125; }; shift 5; exec "$@"')
+TIMEOUT_CODE = 124
+LANDLOCK_LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "landlock_exec.py")
+
+
+@dataclass
+class Result:
+    stdout: str
+    stderr: str
+    returncode: int  # the program's exit status; 128 + N when killed by signal N; 124 on timeout
+    timed_out: bool
+    duration: float  # seconds, wall clock
+    tier: str
+    truncated: bool = False  # output passed max_output_bytes: the rest was dropped and the run killed
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out and not self.truncated
+
+
+class Sandbox:
+    """Runs untrusted Python programs for one worker (its own uid). Thread-safe: one run per call, no shared state."""
+
+    def __init__(self, cfg=None, worker: int = 0):
+        from scirl.config import SandboxConfig
+
+        self.cfg = cfg if cfg is not None else SandboxConfig()
+        self.worker = worker
+        self.tier = tiers.detect(self.cfg, worker)  # a ScirlError naming the tier and package when none is safe
+
+    def _limits(self) -> list[str]:
+        c = self.cfg
+        return [str(c.memory_mb * 1024), str(c.cpu_seconds), str(c.max_processes),
+                str(c.file_size_mb * 2048), str(c.max_fds)]  # ulimit -v in KiB, -f in 512-byte blocks (POSIX sh)
+
+    def _drop_uid(self) -> list[str]:
+        t = self.tier
+        if t.uid is None:
+            return []
+        return ["setpriv", f"--reuid={t.uid}", f"--regid={t.gid}", "--clear-groups", "--inh-caps=-all",
+                "--bounding-set=-all", "--no-new-privs", "--"]
+
+    def _bwrap_argv(self, code_fd: int, seccomp_fd: int) -> list[str]:
+        size = str(self.cfg.disk_mb * 1024 * 1024)
+        argv = [self.cfg.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+                "--new-session", "--clearenv", "--as-pid-1", "--cap-drop", "ALL", "--hostname", "sandbox",
+                "--ro-bind", "/usr", "/usr"]
+        for link in ("bin", "lib", "lib64", "sbin"):
+            if os.path.islink("/" + link):
+                argv += ["--symlink", os.readlink("/" + link), "/" + link]
+            elif os.path.isdir("/" + link):
+                argv += ["--ro-bind", "/" + link, "/" + link]
+        argv += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/tmp", "--size", size,
+                 "--tmpfs", "/work", "--perms", "0644", "--file", str(code_fd), "/work/main.py", "--chdir", "/work",
+                 "--seccomp", str(seccomp_fd)]
+        for k, v in ENV.items():
+            argv += ["--setenv", k, v]
+        return argv + ["--", PYTHON, "-I", "-B", "main.py"]
+
+    def run(self, code: str, stdin: str = "", timeout: float | None = None) -> Result:
+        timeout = self.cfg.timeout if timeout is None else timeout
+        kind, fds, workdir = self.tier.kind, [], None
+        try:
+            code_fd = _memfd("code", code.encode("utf-8", "surrogateescape"))
+            fds.append(code_fd)
+            if kind == tiers.BWRAP:
+                from scirl.sandbox.seccomp import filter_bytes
+
+                fds.append(_memfd("seccomp", filter_bytes()))
+                payload = self._bwrap_argv(code_fd, fds[-1])
+                cwd = "/"
+            else:
+                workdir = self._workdir(code)
+                env_dir = dict(ENV, HOME=workdir, TMPDIR=workdir)
+                if kind == tiers.LANDLOCK:
+                    from scirl.sandbox.seccomp import filter_bytes
+
+                    fds.append(_memfd("seccomp", filter_bytes()))
+                    payload = [PYTHON, "-I", "-B", LANDLOCK_LAUNCHER, str(fds[-1]), workdir]
+                else:
+                    payload = [PYTHON, "-I", "-B", "main.py"]
+                cwd = workdir
+            argv = ["/bin/sh", "-c", WRAPPER, "sh", *self._limits(), *self._drop_uid(), *payload]
+            env = ENV if kind == tiers.BWRAP else env_dir
+            return self._spawn(argv, env, cwd, fds, stdin.encode("utf-8", "surrogateescape"), timeout)
+        finally:
+            for fd in fds:
+                os.close(fd)
+            if workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+    def _workdir(self, code: str) -> str:
+        d = tempfile.mkdtemp(prefix=f"scirl-sbx{self.worker}-")
+        path = os.path.join(d, "main.py")
+        with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write(code)
+        if self.tier.uid is not None:
+            os.chown(d, self.tier.uid, self.tier.gid)
+        os.chmod(d, 0o700)
+        return d
+
+    def _spawn(self, argv, env, cwd, fds, stdin: bytes, timeout: float) -> Result:
+        start = time.monotonic()
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=env, cwd=cwd, pass_fds=fds, start_new_session=True)
+        out, err, timed_out, truncated = _pump(proc, stdin, start + timeout, self.cfg.max_output_bytes)
+        if timed_out or truncated:
+            _kill(proc)
+        try:
+            code = proc.wait(timeout=max(start + timeout - time.monotonic(), 0.05))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill(proc)
+            code = proc.wait()
+        code = TIMEOUT_CODE if timed_out else (128 - code if code < 0 else code)
+        return Result(_text(out), _text(err), code, timed_out, time.monotonic() - start, self.tier.name, truncated)
+
+
+def _text(b: bytearray) -> str:
+    return bytes(b).decode("utf-8", errors="replace")
+
+
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(f"scirl-{name}", 0)  # not inheritable: only pass_fds crosses into the wrapper
+    os.write(fd, data) if len(data) < 65536 else _write_all(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGKILL the launcher's process group; bwrap's --die-with-parent and pid namespace take the payload down."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _pump(proc, stdin: bytes, deadline: float, cap: int):
+    """Feed stdin and read stdout / stderr until both close, the deadline passes, or cap bytes have arrived."""
+    sel = selectors.DefaultSelector()
+    bufs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+    for fd in bufs:
+        sel.register(fd, selectors.EVENT_READ)
+    view = memoryview(stdin)
+    if view:
+        os.set_blocking(proc.stdin.fileno(), False)
+        sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE)
+    else:
+        proc.stdin.close()
+    total, timed_out, truncated = 0, False, False
+    while sel.get_map() and not truncated:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            timed_out = True
+            break
+        for key, _ in sel.select(left):
+            fd = key.fd
+            if fd not in bufs:  # stdin
+                try:
+                    view = view[os.write(fd, view[:65536]):]
+                except (BrokenPipeError, BlockingIOError) as e:
+                    view = view if isinstance(e, BlockingIOError) else view[:0]
+                if not view:
+                    sel.unregister(fd)
+                    proc.stdin.close()
+                continue
+            data = os.read(fd, 65536)
+            if not data:
+                sel.unregister(fd)
+                continue
+            room = cap - total
+            bufs[fd] += data[:room]
+            total += min(len(data), room)
+            truncated = len(data) > room
+    sel.close()
+    for f in (proc.stdin, proc.stdout, proc.stderr):
+        if not f.closed:
+            f.close()
+    out, err = bufs.values()  # stdout first (insertion order)
+    return out, err, timed_out, truncated
+
+
+if sys.platform != "linux":  # pragma: no cover
+    raise ImportError("scirl.sandbox runs on Linux only")

@@ -1,0 +1,106 @@
+"""Which isolation tier this machine offers, and the one-line refusal when none is safe enough.
+
+Tiers, strongest first:
+- `bwrap+seccomp+uid+rlimits`: bubblewrap namespaces (no network, no host files but a read-only /usr, private
+  /proc, tmpfs /tmp and work dir), the seccomp filter, a dedicated unprivileged uid per worker, rlimits;
+- `landlock+seccomp+uid+rlimits` (bubblewrap missing): Landlock confines the filesystem to read-only /usr and the
+  run's own folder, and scopes signals / abstract sockets to the sandbox; no pid, mount or network namespace, so
+  /proc still lists host processes (their memory and environ stay unreadable: other uid, ptrace refused);
+- `unsafe` (only with sandbox.allow_unsafe=true): rlimits and timeouts, nothing else.
+A tier without a dedicated uid (the sandbox users are missing, or scirl does not run as root) says so in its name.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pwd
+from dataclasses import dataclass
+
+from scirl.errors import ScirlError
+
+BWRAP, LANDLOCK, UNSAFE = "bwrap+seccomp", "landlock+seccomp", "unsafe"
+INSTALL = {BWRAP: "apt-get install -y bubblewrap", LANDLOCK: "a kernel with Landlock (5.13+, ABI 6 for signals)"}
+LANDLOCK_MIN_ABI = 6  # ABI 6 scopes signals and abstract unix sockets to the sandbox
+
+
+@dataclass(frozen=True)
+class Tier:
+    kind: str  # BWRAP | LANDLOCK | UNSAFE
+    uid: int | None  # the unprivileged uid the payload runs as (None: the trainer's own uid)
+    gid: int | None
+    user: str  # its name ("" when none)
+
+    @property
+    def name(self) -> str:
+        parts = [self.kind] + (["uid"] if self.uid is not None and self.user.startswith("scirl-sbx") else []) + ["rlimits"]
+        name = "+".join(parts) if self.kind != UNSAFE else "unsafe (rlimits + timeout only)"
+        if self.kind != UNSAFE and self.uid is None:
+            name += " (same uid as the trainer)"
+        elif self.kind != UNSAFE and not self.user.startswith("scirl-sbx"):
+            name += f" (shared uid {self.user})"
+        return name
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version (0: none)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        v = libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1))  # landlock_create_ruleset, VERSION
+        return max(int(v), 0)
+    except (OSError, AttributeError):
+        return 0
+
+
+def _user(prefix: str, worker: int) -> tuple[int | None, int | None, str]:
+    if os.geteuid() != 0:
+        return None, None, ""  # cannot switch uid: the payload runs as the trainer's user
+    for name in (f"{prefix}{worker}", "nobody"):
+        try:
+            pw = pwd.getpwnam(name)
+            return pw.pw_uid, pw.pw_gid, name
+        except KeyError:
+            continue
+    raise ScirlError(f"sandbox: no user {prefix}{worker} and no 'nobody' to run untrusted code as; create it with "
+                     f"useradd --system --no-create-home --shell /usr/sbin/nologin {prefix}{worker}")
+
+
+def _bwrap_problem(bwrap: str) -> str:
+    if not os.path.isfile(bwrap) or not os.access(bwrap, os.X_OK):
+        return f"{bwrap} not found"
+    return ""
+
+
+def _seccomp_problem() -> str:
+    try:
+        from scirl.sandbox.seccomp import filter_bytes
+
+        filter_bytes()
+    except ScirlError as e:
+        return str(e).removeprefix("sandbox: ")
+    return ""
+
+
+def detect(cfg, worker: int = 0) -> Tier:
+    """The strongest tier `cfg.tier` allows here; a ScirlError naming the tier and the missing package when none."""
+    want = cfg.tier
+    if want not in ("auto", "bwrap", "landlock", "unsafe"):
+        raise ScirlError(f"sandbox.tier={want!r} must be one of auto, bwrap, landlock, unsafe")
+    uid, gid, user = _user(cfg.user_prefix, worker)
+    missing = []
+    sec = _seccomp_problem()
+    if want in ("auto", "bwrap"):
+        problem = _bwrap_problem(cfg.bwrap) or sec
+        if not problem:
+            return Tier(BWRAP, uid, gid, user)
+        missing.append(f"tier {BWRAP}+uid+rlimits unavailable: {problem} ({INSTALL[BWRAP]})")
+    if want in ("auto", "landlock"):
+        abi = landlock_abi()
+        problem = (f"Landlock ABI {abi} < {LANDLOCK_MIN_ABI}" if abi < LANDLOCK_MIN_ABI else "") or sec
+        if not problem:
+            return Tier(LANDLOCK, uid, gid, user)
+        missing.append(f"tier {LANDLOCK}+uid+rlimits unavailable: {problem} ({INSTALL[LANDLOCK]})")
+    if want == "unsafe" or cfg.allow_unsafe:
+        return Tier(UNSAFE, uid, gid, user)
+    raise ScirlError("sandbox: refusing to run untrusted code with only timeouts: " + "; ".join(missing)
+                     + "; or set sandbox.allow_unsafe=true")
