@@ -1,0 +1,128 @@
+"""Sandbox behaviour for ordinary programs: output, stdin, exit codes, timeouts (124), output cap, non-UTF-8,
+rlimits as configured, and the one-line refusal naming the tier and the package when bubblewrap is missing."""
+
+from __future__ import annotations
+
+import pytest
+
+from scirl.config import SandboxConfig
+from scirl.errors import ScirlError
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    from scirl.sandbox import Sandbox
+
+    try:
+        return Sandbox(SandboxConfig(tier="bwrap", max_output_bytes=100_000))
+    except ScirlError as e:
+        pytest.skip(str(e))
+
+
+def test_print_stdin_exit_code(sandbox):
+    r = sandbox.run("import sys\nx = int(input())\nprint(x * 2)\nprint('err', file=sys.stderr)\nsys.exit(7)",
+                    stdin="21\n", timeout=5)
+    assert (r.stdout, r.stderr, r.returncode, r.timed_out, r.truncated) == ("42\n", "err\n", 7, False, False)
+
+
+def test_numeric_computation_with_the_stdlib(sandbox):
+    code = "import math, fractions, statistics\n" \
+           "print(math.factorial(20), fractions.Fraction(1, 3) + fractions.Fraction(1, 6), statistics.mean([1, 2, 4]))"
+    r = sandbox.run(code, timeout=5)
+    assert r.stdout == "2432902008176640000 1/2 2.3333333333333335\n" and r.ok
+
+
+def test_runs_the_system_python_with_a_fixed_environment(sandbox):
+    r = sandbox.run("import os, sys\nprint(sys.executable, os.getcwd(), sorted(os.environ))", timeout=5)
+    assert r.stdout.split(" ", 2)[:2] == ["/usr/bin/python3", "/work"]
+    assert "VIRTUAL_ENV" not in r.stdout and "PYTHONPATH" not in r.stdout
+
+
+def test_exception_exit_code_and_traceback(sandbox):
+    r = sandbox.run("1 / 0", timeout=5)
+    assert r.returncode == 1 and "ZeroDivisionError" in r.stderr
+
+
+def test_large_stdin_round_trip(sandbox):
+    data = "x" * 300_000 + "\n"
+    r = sandbox.run("import sys\nprint(len(sys.stdin.read()))", stdin=data, timeout=5)
+    assert r.stdout == "300001\n"
+
+
+def test_timeout_kills_and_returns_124(sandbox):
+    r = sandbox.run("import time\nprint('start', flush=True)\nwhile True: time.sleep(0.01)", timeout=1.0)
+    assert r.timed_out and r.returncode == 124 and r.stdout == "start\n"
+    assert 1.0 <= r.duration < 4.0
+
+
+def test_cpu_limit_kills_a_spinning_program():
+    from scirl.sandbox import Sandbox
+
+    try:
+        sb = Sandbox(SandboxConfig(tier="bwrap", cpu_seconds=1))
+    except ScirlError as e:
+        pytest.skip(str(e))
+    r = sb.run("while True: pass", timeout=10)
+    assert not r.timed_out and r.returncode in (128 + 9, 128 + 24) and r.duration < 6  # SIGXCPU / SIGKILL
+
+
+def test_huge_output_is_truncated_and_the_run_killed(sandbox):
+    r = sandbox.run("import sys\nwhile True: sys.stdout.write('y' * 65536)", timeout=10)
+    assert r.truncated and not r.timed_out and len(r.stdout) == 100_000 and set(r.stdout) == {"y"}
+    assert r.duration < 5
+
+
+def test_non_utf8_output_is_replaced(sandbox):
+    r = sandbox.run("import sys\nsys.stdout.buffer.write(b'ok \\xff\\xfe end\\n')", timeout=5)
+    assert r.stdout == "ok \ufffd\ufffd end\n"
+
+
+def test_memory_limit_is_the_configured_one(sandbox):
+    r = sandbox.run("import resource as r\nprint(r.getrlimit(r.RLIMIT_AS)[0] >> 20, r.getrlimit(r.RLIMIT_NPROC)[0],"
+                    " r.getrlimit(r.RLIMIT_FSIZE)[0] >> 20, r.getrlimit(r.RLIMIT_NOFILE)[0],"
+                    " r.getrlimit(r.RLIMIT_CPU)[0])", timeout=5)
+    assert r.stdout.split() == ["1024", "64", "64", "256", "5"]
+
+
+def test_workers_run_as_different_uids():
+    import os
+
+    from scirl.sandbox import Sandbox
+
+    if os.geteuid() != 0:
+        pytest.skip("a uid per worker needs root")
+    try:
+        uids = {Sandbox(SandboxConfig(tier="bwrap"), worker=w).run("import os; print(os.getuid())").stdout
+                for w in (0, 1)}
+    except ScirlError as e:
+        pytest.skip(str(e))
+    assert len(uids) == 2 and "0\n" not in uids
+
+
+def test_missing_bwrap_is_one_line_naming_tier_and_package():
+    from scirl.sandbox import Sandbox
+
+    with pytest.raises(ScirlError) as e:
+        Sandbox(SandboxConfig(tier="bwrap", bwrap="/nonexistent/bwrap"))
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "bwrap+seccomp" in msg and "/nonexistent/bwrap not found" in msg and "apt-get install -y bubblewrap" in msg
+    assert "sandbox.allow_unsafe=true" in msg
+
+
+def test_unsafe_tier_only_when_allowed():
+    from scirl.sandbox import Sandbox
+
+    with pytest.raises(ScirlError, match="refusing to run untrusted code with only timeouts"):
+        Sandbox(SandboxConfig(tier="bwrap", bwrap="/nonexistent/bwrap"))
+    sb = Sandbox(SandboxConfig(tier="bwrap", bwrap="/nonexistent/bwrap", allow_unsafe=True))
+    assert sb.tier.name.startswith("unsafe")
+    r = sb.run("print(6 * 7)", timeout=5)
+    assert (r.stdout, r.returncode, r.tier) == ("42\n", 0, sb.tier.name)
+
+
+def test_bad_tier_is_one_line():
+    from scirl.sandbox import Sandbox
+
+    with pytest.raises(ScirlError, match=r"sandbox.tier='docker' must be one of auto, bwrap, landlock, unsafe"):
+        Sandbox(SandboxConfig(tier="docker"))
