@@ -1,5 +1,5 @@
 """The `scirl` command line: `scirl train [RECIPE.yaml] [key=value ...]`, `config`, `eval`, `grade`, `serve`,
-`export`, `merge`, `report`, `card`.
+`export`, `merge`, `report`, `card`, `sandbox`.
 
 User errors exit 2 with one line."""
 
@@ -152,6 +152,12 @@ summary, pipeline, hyperparameters, datasets, results (before / best / final), c
 use and licence sections. Reads the run folder only; never uses the network."""
 
 
+def cmd_sandbox(args: list[str]) -> int:
+    from scirl.sandbox.command import sandbox_main
+
+    return sandbox_main(args)
+
+
 def _serve_usage() -> str:
     from scirl.serve import help_text  # light: torch and transformers load only when serving
 
@@ -176,11 +182,18 @@ def _report_usage() -> str:
     return USAGE
 
 
+def _sandbox_usage() -> str:
+    from scirl.sandbox.command import USAGE  # light: no sandbox starts for --help
+
+    return USAGE
+
+
 COMMANDS = {"train": (cmd_train, USAGE_TRAIN), "config": (cmd_config, "scirl config [RECIPE.yaml] [key=value ...]: "
                                                          "print the resolved config"),
             "grade": (cmd_grade, USAGE_GRADE), "eval": (cmd_eval, _eval_usage()), "serve": (cmd_serve, _serve_usage()),
             "export": (cmd_export, _export_usage("EXPORT")), "merge": (cmd_merge, _export_usage("MERGE")),
-            "report": (cmd_report, _report_usage()), "card": (cmd_card, USAGE_CARD)}
+            "report": (cmd_report, _report_usage()), "card": (cmd_card, USAGE_CARD),
+            "sandbox": (cmd_sandbox, _sandbox_usage())}
 
 
 def main(argv: list[str] | None = None) -> int:
