@@ -1,0 +1,70 @@
+"""Sandbox throughput: milliseconds per run of a small program, sequentially and with `workers` in parallel.
+
+    PYTHONPATH=src python bench/sandbox_throughput.py [--n 50] [--workers 4] [sandbox.KEY=VALUE ...]
+
+Each run is `print(sum(i * i for i in range(1000)))` in a fresh sandbox (scirl.sandbox.Sandbox, the strongest
+tier here): spawn of the /bin/sh wrapper, rlimits, setpriv, bubblewrap's namespaces and seccomp, the system
+python3's start, the program, teardown. Also times the bare `/usr/bin/python3 -I -B -c ...` for the same
+program, so the sandbox's own cost is the difference. Every run's output is checked. No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+CODE = "print(sum(i * i for i in range(1000)))"
+WANT = f"{sum(i * i for i in range(1000))}\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=50)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("overrides", nargs="*")
+    a = p.parse_args()
+    from scirl.sandbox import Sandbox
+    from scirl.sandbox.command import sandbox_config
+
+    cfg = sandbox_config(a.overrides)
+    workers = a.workers or cfg.workers
+    boxes = [Sandbox(cfg, worker=w) for w in range(workers)]
+    print(f"tier: {boxes[0].tier.name}; n={a.n}, workers={workers}")
+    boxes[0].run(CODE)  # warm-up: the seccomp program is compiled once per process
+
+    t = time.perf_counter()
+    for _ in range(a.n):
+        subprocess.run(["/usr/bin/python3", "-I", "-B", "-c", CODE], capture_output=True, check=True)
+    bare = (time.perf_counter() - t) / a.n * 1000
+    print(f"bare /usr/bin/python3, sequential: {bare:6.1f} ms/run")
+
+    t = time.perf_counter()
+    per = []
+    for _ in range(a.n):
+        r = boxes[0].run(CODE)
+        assert r.stdout == WANT and r.returncode == 0, r
+        per.append(r.duration * 1000)
+    seq = (time.perf_counter() - t) / a.n * 1000
+    print(f"sandbox, sequential:               {seq:6.1f} ms/run ({1000 / seq:5.1f} runs/s; "
+          f"median {statistics.median(per):.1f} ms, sandbox overhead {seq - bare:+.1f} ms)")
+
+    def one(i: int):
+        r = boxes[i % workers].run(CODE)
+        assert r.stdout == WANT and r.returncode == 0, r
+
+    with ThreadPoolExecutor(workers) as pool:
+        t = time.perf_counter()
+        list(pool.map(one, range(a.n)))
+        par = (time.perf_counter() - t) / a.n * 1000
+    print(f"sandbox, {workers} workers in parallel:    {par:6.1f} ms/run ({1000 / par:5.1f} runs/s)")
+
+
+if __name__ == "__main__":
+    main()
