@@ -126,3 +126,33 @@ def test_bad_tier_is_one_line():
 
     with pytest.raises(ScirlError, match=r"sandbox.tier='docker' must be one of auto, bwrap, landlock, unsafe"):
         Sandbox(SandboxConfig(tier="docker"))
+
+
+@pytest.mark.parametrize("tier", ["landlock", "unsafe"])
+def test_fallback_tiers_run_programs_the_same_way(tier):
+    from scirl.sandbox import Sandbox
+
+    try:
+        sb = Sandbox(SandboxConfig(tier=tier, max_output_bytes=1000))
+    except ScirlError as e:
+        pytest.skip(str(e))
+    r = sb.run("import os, sys\nprint(int(input()) * 2, sorted(os.environ)[:2])\nsys.exit(3)", stdin="21\n", timeout=5)
+    assert (r.stdout, r.returncode, r.tier) == ("42 ['HOME', 'LANG']\n", 3, sb.tier.name)
+    r = sb.run("import time\nwhile True: time.sleep(0.01)", timeout=1.0)
+    assert r.timed_out and r.returncode == 124
+    r = sb.run("while True: print('z' * 100)", timeout=5)
+    assert r.truncated and len(r.stdout) == 1000
+
+
+def test_auto_falls_back_to_landlock_and_logs_it(caplog):
+    import logging
+
+    from scirl.sandbox import Sandbox
+    from scirl.sandbox.tiers import landlock_abi
+
+    if landlock_abi() < 6:
+        pytest.skip("no Landlock ABI 6 on this kernel")
+    with caplog.at_level(logging.WARNING, logger="scirl.sandbox"):
+        sb = Sandbox(SandboxConfig(bwrap="/nonexistent/bwrap"))
+    assert sb.tier.kind == "landlock+seccomp"
+    assert "/nonexistent/bwrap not found" in caplog.text and "apt-get install -y bubblewrap" in caplog.text

@@ -49,6 +49,7 @@ class Attack:
     check: Callable[[object, Context], str] = None  # "" when contained, else why not; default: _markers
     timeout: float = 5.0
     before: Callable[[Context], str] | None = None  # a run made first (persistence between runs)
+    gaps: tuple = ()  # tier kinds (scirl.sandbox.tiers) known not to contain it (reported as GAP, not ESCAPED)
 
 
 def _markers(r, ctx) -> str:
@@ -126,7 +127,7 @@ FILL_ONE = """
 import os
 n = 0
 try:
-    with open('/work/fill', 'wb') as f:
+    with open('fill', 'wb') as f:
         for _ in range(200):
             f.write(b'x' * 2**20); f.flush(); n += 2**20
 except (OSError, MemoryError) as e:
@@ -134,12 +135,12 @@ except (OSError, MemoryError) as e:
 print(n)
 """
 FILL_MANY = """
-import os, signal
+import os, signal, tempfile
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 n = 0
 for i in range(8):
     try:
-        with open(f'/tmp/fill{i}', 'wb') as f:
+        with open(os.path.join(tempfile.gettempdir(), f'fill{i}'), 'wb') as f:
             for _ in range(40):
                 f.write(b'x' * 2**20); f.flush(); n += 2**20
     except OSError:
@@ -157,16 +158,25 @@ ATTACKS: list[Attack] = [
     Attack("write /proc/sys", _write("'/proc/sys/kernel/core_pattern'")),
     Attack("read the trainer's environment", lambda ctx: f"""
 import os
-found = [p for p in ('/proc/1/environ', '/proc/{ctx.trainer_pid}/environ', '/proc/self/environ')
-         if os.path.exists(p) and {ctx.secret!r}.encode() in open(p, 'rb').read()]
+def leaks(p):
+    try:
+        return {ctx.secret!r}.encode() in open(p, 'rb').read()
+    except OSError:
+        return False
+found = [p for p in ('/proc/1/environ', '/proc/{ctx.trainer_pid}/environ', '/proc/self/environ') if leaks(p)]
 found += [k for k, v in os.environ.items() if {ctx.secret!r} in v]
 print('ESCAPED' if found else 'CONTAINED', found, sorted(os.environ))
 """),
     Attack("/proc of the trainer", lambda ctx: f"""
 import os
-seen = [p for p in ('/proc/{ctx.trainer_pid}/cmdline', '/proc/{ctx.trainer_pid}/mem', '/proc/{ctx.trainer_pid}/root')
-        if os.path.exists(p)]
-print('ESCAPED' if seen else 'CONTAINED', seen, sorted(d for d in os.listdir('/proc') if d.isdigit()))
+seen = []
+for p in ('/proc/{ctx.trainer_pid}/cmdline', '/proc/{ctx.trainer_pid}/mem', '/proc/{ctx.trainer_pid}/root/etc/hostname',
+          '/proc/{ctx.trainer_pid}/maps'):
+    try:
+        open(p, 'rb').read(16); seen.append(p)
+    except OSError as e:
+        pass
+print('ESCAPED' if seen else 'CONTAINED', seen)
 """),
     Attack("HTTP to a 127.0.0.1 server", _network("AF_INET", "127.0.0.1"), _network_check),
     Attack("HTTP to a ::1 server", _network("AF_INET6", "::1"), _network_check),
@@ -230,15 +240,31 @@ except MemoryError:
     print('CONTAINED MemoryError')
 """, _bomb_check(9.0)),
     Attack("fill one file", lambda ctx: FILL_ONE, lambda r, ctx: _size_check(64)(r, ctx)),
-    Attack("fill the disk with many files", lambda ctx: FILL_MANY, lambda r, ctx: _size_check(64)(r, ctx)),
+    Attack("fill the disk with many files", lambda ctx: FILL_MANY, lambda r, ctx: _size_check(64)(r, ctx),
+           gaps=("landlock+seccomp", "unsafe")),  # Landlock has no disk quota: per-file limit and the timeout only
     Attack("persist between runs", lambda ctx: """
-import os
-left = [p for p in ('/work/persist', '/tmp/persist') if os.path.exists(p)]
+import os, tempfile
+left = [p for p in ('persist', os.path.join(tempfile.gettempdir(), 'persist')) if os.path.exists(p)]
 print('ESCAPED' if left else 'CONTAINED', left)
-""", before=lambda ctx: "open('/work/persist', 'w').write('x'); open('/tmp/persist', 'w').write('x')"),
+""", before=lambda ctx: "import tempfile, os\nopen('persist', 'w').write('x')\n"
+                 "open(os.path.join(tempfile.gettempdir(), 'persist'), 'w').write('x')"),
+    Attack("a daemon outlives the run", lambda ctx: """
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        time.sleep(60)
+    os._exit(0)
+print('CONTAINED if no process of the sandbox uid is left', flush=True)
+"""),
     Attack("devices", lambda ctx: """
 import os
-found = [d for d in ('/dev/mem', '/dev/kmsg', '/dev/sda', '/dev/vda', '/dev/nvme0n1', '/dev/tty0') if os.path.exists(d)]
+found = []
+for d in ('/dev/mem', '/dev/kmsg', '/dev/sda', '/dev/vda', '/dev/nvme0n1', '/dev/tty0', '/dev/tty'):
+    try:
+        os.close(os.open(d, os.O_RDONLY)); found.append(d)
+    except OSError:
+        pass
 print('ESCAPED' if found else 'CONTAINED', found)
 """),
 ]
@@ -254,8 +280,23 @@ def attempt(sandbox, attack: Attack, ctx: Context) -> tuple[bool, str, object]:
     for path in ("/usr/scirl-pwned", os.path.join(ctx.repo, "pwned.txt")):
         if os.path.exists(path):
             why = why or f"{path} exists on the host"
+    left = _leftover(sandbox)
+    why = why or (f"processes of {sandbox.tier.user} outlived the run: {left}" if left else "")
     lines = r.stdout.strip().splitlines()
     return not why, why or (lines[-1][:160] if lines else f"exit {r.returncode}"), r
+
+
+def _leftover(sandbox, wait: float = 3.0) -> list[int]:
+    """Pids still running as the worker's dedicated uid after a run (none expected); [] without such a uid."""
+    from scirl.sandbox.runner import uid_pids
+
+    uid = sandbox.tier.uid if sandbox.tier.user.startswith(sandbox.cfg.user_prefix) else None
+    if uid is None:
+        return []
+    deadline = time.monotonic() + wait
+    while (pids := uid_pids(uid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pids
 
 
 @contextlib.contextmanager
@@ -299,12 +340,15 @@ def context(repo: str):
             os.environ[SECRET_ENV] = old
 
 
-def run_all(sandbox, ctx: Context, report=print) -> int:
-    """Every attack; report(line) per attack; the number that escaped."""
-    escaped = 0
+def run_all(sandbox, ctx: Context, report=print) -> tuple[int, int]:
+    """Every attack; report(line) per attack; (escaped, known gaps of this tier that were not contained)."""
+    escaped = gaps = 0
     for attack in ATTACKS:
         t = time.monotonic()
         ok, detail, _ = attempt(sandbox, attack, ctx)
-        escaped += not ok
-        report(f"{'contained' if ok else 'ESCAPED  '}  {attack.name:<32} {time.monotonic() - t:5.2f} s  {detail}")
-    return escaped
+        gap = not ok and sandbox.tier.kind in attack.gaps
+        escaped += not ok and not gap
+        gaps += gap
+        word = "contained" if ok else "GAP      " if gap else "ESCAPED  "
+        report(f"{word}  {attack.name:<32} {time.monotonic() - t:5.2f} s  {detail}")
+    return escaped, gaps

@@ -75,7 +75,8 @@ def _selftest(sandbox) -> int:
 
     print(f"tier: {sandbox.tier.name} (worker {sandbox.worker}, uid {sandbox.tier.user or 'of the trainer'})")
     with battery.context(str(Path.cwd())) as ctx:
-        escaped = battery.run_all(sandbox, ctx, report=lambda line: print(line, flush=True))
+        escaped, gaps = battery.run_all(sandbox, ctx, report=lambda line: print(line, flush=True))
     n = len(battery.ATTACKS)
-    print(f"{n - escaped} of {n} attacks contained" + ("" if not escaped else f"; {escaped} ESCAPED"))
+    print(f"{n - escaped - gaps} of {n} attacks contained" + (f"; {gaps} known gap(s) of tier {sandbox.tier.kind}"
+                                                              if gaps else "") + (f"; {escaped} ESCAPED" if escaped else ""))
     return 1 if escaped else 0

@@ -10,6 +10,7 @@ environment of five fixed variables. Output beyond `max_output_bytes` (stdout + 
 
 from __future__ import annotations
 
+import functools
 import os
 import selectors
 import shutil
@@ -105,7 +106,7 @@ class Sandbox:
                     from scirl.sandbox.seccomp import filter_bytes
 
                     fds.append(_memfd("seccomp", filter_bytes()))
-                    payload = [PYTHON, "-I", "-B", LANDLOCK_LAUNCHER, str(fds[-1]), workdir]
+                    payload = [PYTHON, "-I", "-B", "-c", _launcher(), str(fds[-1]), workdir]
                 else:
                     payload = [PYTHON, "-I", "-B", "main.py"]
                 cwd = workdir
@@ -141,8 +142,49 @@ class Sandbox:
             timed_out = True
             _kill(proc)
             code = proc.wait()
+        if self.tier.kind != tiers.BWRAP and self.tier.uid is not None and \
+                self.tier.user.startswith(self.cfg.user_prefix):
+            kill_uid(self.tier.uid)  # no pid namespace: sweep what the payload left behind (its uid is its own)
         code = TIMEOUT_CODE if timed_out else (128 - code if code < 0 else code)
         return Result(_text(out), _text(err), code, timed_out, time.monotonic() - start, self.tier.name, truncated)
+
+
+@functools.lru_cache(maxsize=1)
+def _launcher() -> str:
+    """landlock_exec.py's text, passed with -c: the sandbox uid may not be able to read the trainer's tree."""
+    with open(LANDLOCK_LAUNCHER, encoding="utf-8") as f:
+        return f.read()
+
+
+def uid_pids(uid: int) -> list[int]:
+    """Pids whose real uid is `uid` (from /proc/*/status)."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status", encoding="ascii", errors="replace") as f:
+                for line in f:
+                    if line.startswith("Uid:"):
+                        if int(line.split()[1]) == uid:
+                            pids.append(int(name))
+                        break
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def kill_uid(uid: int, wait: float = 2.0) -> None:
+    """SIGKILL every process of a dedicated sandbox uid until none is left (the tiers without a pid namespace:
+    a payload that called setsid() has left the launcher's process group)."""
+    deadline = time.monotonic() + wait
+    while (pids := uid_pids(uid)) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.01)
 
 
 def _text(b: bytearray) -> str:
@@ -171,7 +213,8 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 def _pump(proc, stdin: bytes, deadline: float, cap: int):
-    """Feed stdin and read stdout / stderr until both close, the deadline passes, or cap bytes have arrived."""
+    """Feed stdin and read stdout / stderr until both close (or, 0.1 s after the launcher exited, stay silent), the
+    deadline passes, or cap bytes have arrived."""
     sel = selectors.DefaultSelector()
     bufs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
     for fd in bufs:
@@ -188,7 +231,10 @@ def _pump(proc, stdin: bytes, deadline: float, cap: int):
         if left <= 0:
             timed_out = True
             break
-        for key, _ in sel.select(left):
+        events = sel.select(min(left, 0.1))
+        if not events and proc.poll() is not None:
+            break  # the launcher exited but something it left holds the pipes (no pid namespace): stop reading
+        for key, _ in events:
             fd = key.fd
             if fd not in bufs:  # stdin
                 try:

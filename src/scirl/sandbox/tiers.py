@@ -13,6 +13,7 @@ A tier without a dedicated uid (the sandbox users are missing, or scirl does not
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import pwd
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from scirl.errors import ScirlError
 
 BWRAP, LANDLOCK, UNSAFE = "bwrap+seccomp", "landlock+seccomp", "unsafe"
 INSTALL = {BWRAP: "apt-get install -y bubblewrap", LANDLOCK: "a kernel with Landlock (5.13+, ABI 6 for signals)"}
+log = logging.getLogger("scirl.sandbox")
 LANDLOCK_MIN_ABI = 6  # ABI 6 scopes signals and abstract unix sockets to the sandbox
 
 
@@ -98,9 +100,12 @@ def detect(cfg, worker: int = 0) -> Tier:
         abi = landlock_abi()
         problem = (f"Landlock ABI {abi} < {LANDLOCK_MIN_ABI}" if abi < LANDLOCK_MIN_ABI else "") or sec
         if not problem:
+            log.warning("sandbox: tier %s (weaker than bubblewrap: no pid / network namespace, no disk quota): %s",
+                        LANDLOCK, "; ".join(missing))
             return Tier(LANDLOCK, uid, gid, user)
         missing.append(f"tier {LANDLOCK}+uid+rlimits unavailable: {problem} ({INSTALL[LANDLOCK]})")
     if want == "unsafe" or cfg.allow_unsafe:
+        log.warning("sandbox: tier UNSAFE (rlimits and timeouts only; sandbox.allow_unsafe): %s", "; ".join(missing))
         return Tier(UNSAFE, uid, gid, user)
     raise ScirlError("sandbox: refusing to run untrusted code with only timeouts: " + "; ".join(missing)
                      + "; or set sandbox.allow_unsafe=true")
