@@ -11,6 +11,7 @@ program, so the sandbox's own cost is the difference. Every run's output is chec
 from __future__ import annotations
 
 import argparse
+import queue
 import statistics
 import subprocess
 import sys
@@ -55,8 +56,16 @@ def main() -> None:
     print(f"sandbox, sequential:               {seq:6.1f} ms/run ({1000 / seq:5.1f} runs/s; "
           f"median {statistics.median(per):.1f} ms, sandbox overhead {seq - bare:+.1f} ms)")
 
+    free: queue.Queue = queue.Queue()
+    for box in boxes:
+        free.put(box)
+
     def one(i: int):
-        r = boxes[i % workers].run(CODE)
+        box = free.get()  # one run per worker (uid) at a time
+        try:
+            r = box.run(CODE)
+        finally:
+            free.put(box)
         assert r.stdout == WANT and r.returncode == 0, r
 
     with ThreadPoolExecutor(workers) as pool:

@@ -38,6 +38,13 @@ def test_runs_the_system_python_with_a_fixed_environment(sandbox):
     assert "VIRTUAL_ENV" not in r.stdout and "PYTHONPATH" not in r.stdout
 
 
+def test_payload_has_no_capabilities_a_seccomp_filter_and_only_three_fds(sandbox):
+    r = sandbox.run("import os\nst = dict(l.split(':\\t') for l in open('/proc/self/status').read().splitlines())\n"
+                    "print(st['CapEff'], st['CapBnd'], st['NoNewPrivs'], st['Seccomp'], os.getgroups(),"
+                    " sorted(os.listdir('/proc/self/fd')))", timeout=5)
+    assert r.stdout == "0000000000000000 0000000000000000 1 2 [] ['0', '1', '2', '3']\n", r.stderr  # 3: listdir's
+
+
 def test_exception_exit_code_and_traceback(sandbox):
     r = sandbox.run("1 / 0", timeout=5)
     assert r.returncode == 1 and "ZeroDivisionError" in r.stderr

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 
@@ -49,7 +50,9 @@ class Result:
 
 
 class Sandbox:
-    """Runs untrusted Python programs for one worker (its own uid). Thread-safe: one run per call, no shared state."""
+    """Runs untrusted Python programs for one worker (its own uid). Runs of one Sandbox are serialised by a lock:
+    a worker's uid carries one run's process limit (RLIMIT_NPROC counts per uid) and, in the tiers without a pid
+    namespace, the sweep of leftover processes kills everything of that uid. Use one Sandbox per parallel worker."""
 
     def __init__(self, cfg=None, worker: int = 0):
         from scirl.config import SandboxConfig
@@ -57,6 +60,7 @@ class Sandbox:
         self.cfg = cfg if cfg is not None else SandboxConfig()
         self.worker = worker
         self.tier = tiers.detect(self.cfg, worker)  # a ScirlError naming the tier and package when none is safe
+        self._lock = threading.Lock()
 
     def _limits(self) -> list[str]:
         c = self.cfg
@@ -88,6 +92,10 @@ class Sandbox:
         return argv + ["--", PYTHON, "-I", "-B", "main.py"]
 
     def run(self, code: str, stdin: str = "", timeout: float | None = None) -> Result:
+        with self._lock:
+            return self._run(code, stdin, timeout)
+
+    def _run(self, code: str, stdin: str, timeout: float | None) -> Result:
         timeout = self.cfg.timeout if timeout is None else timeout
         kind, fds, workdir = self.tier.kind, [], None
         try:

@@ -100,12 +100,13 @@ def detect(cfg, worker: int = 0) -> Tier:
         abi = landlock_abi()
         problem = (f"Landlock ABI {abi} < {LANDLOCK_MIN_ABI}" if abi < LANDLOCK_MIN_ABI else "") or sec
         if not problem:
-            log.warning("sandbox: tier %s (weaker than bubblewrap: no pid / network namespace, no disk quota): %s",
-                        LANDLOCK, "; ".join(missing))
+            log.warning("sandbox: tier %s (weaker than bubblewrap: no pid / network namespace, no disk quota)%s",
+                        LANDLOCK, "".join(": " + m for m in missing[:1]))
             return Tier(LANDLOCK, uid, gid, user)
         missing.append(f"tier {LANDLOCK}+uid+rlimits unavailable: {problem} ({INSTALL[LANDLOCK]})")
     if want == "unsafe" or cfg.allow_unsafe:
-        log.warning("sandbox: tier UNSAFE (rlimits and timeouts only; sandbox.allow_unsafe): %s", "; ".join(missing))
+        log.warning("sandbox: tier UNSAFE (rlimits and timeouts only; sandbox.allow_unsafe)%s",
+                    "".join(": " + m for m in missing[:1]))
         return Tier(UNSAFE, uid, gid, user)
     raise ScirlError("sandbox: refusing to run untrusted code with only timeouts: " + "; ".join(missing)
                      + "; or set sandbox.allow_unsafe=true")
