@@ -163,3 +163,15 @@ def test_auto_falls_back_to_landlock_and_logs_it(caplog):
         sb = Sandbox(SandboxConfig(bwrap="/nonexistent/bwrap"))
     assert sb.tier.kind == "landlock+seccomp"
     assert "/nonexistent/bwrap not found" in caplog.text and "apt-get install -y bubblewrap" in caplog.text
+
+
+def test_sandbox_keys_are_checked_when_the_config_loads():
+    from scirl.config import load_config
+
+    with pytest.raises(ScirlError) as e:
+        load_config(None, ["sandbox.tier=docker"])
+    assert str(e.value) == "sandbox.tier: unknown value 'docker'. Did you mean 'landlock'? Known: auto, bwrap, landlock, unsafe"
+    with pytest.raises(ScirlError, match=r"^sandbox.max_fds=8 must be >= 16"):
+        load_config(None, ["sandbox.max_fds=8"])
+    cfg = load_config(None, ["sandbox.memory_mb=512", "sandbox.allow_unsafe=true"])
+    assert (cfg.sandbox.memory_mb, cfg.sandbox.allow_unsafe, cfg.sandbox.cpu_seconds) == (512, True, 5)
