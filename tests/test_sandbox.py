@@ -175,3 +175,13 @@ def test_sandbox_keys_are_checked_when_the_config_loads():
         load_config(None, ["sandbox.max_fds=8"])
     cfg = load_config(None, ["sandbox.memory_mb=512", "sandbox.allow_unsafe=true"])
     assert (cfg.sandbox.memory_mb, cfg.sandbox.allow_unsafe, cfg.sandbox.cpu_seconds) == (512, True, 5)
+
+
+def test_a_bwrap_that_cannot_build_namespaces_is_refused_in_one_line():
+    """The tier is probed once (a container may forbid user namespaces): a bwrap that fails is not used."""
+    from scirl.sandbox import Sandbox
+
+    with pytest.raises(ScirlError) as e:
+        Sandbox(SandboxConfig(tier="bwrap", bwrap="/bin/false"))
+    assert "\n" not in str(e.value)
+    assert "tier bwrap+seccomp+uid+rlimits unavailable: /bin/false cannot build its namespaces here (exit 1;" in str(e.value)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from scirl.sandbox import tiers
 
-PYTHON = "/usr/bin/python3"
+PYTHON = tiers.PYTHON
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/work", "LANG": "C.UTF-8", "TMPDIR": "/tmp",
        "PYTHONDONTWRITEBYTECODE": "1"}
 # rlimits, then drop to the sandbox uid (if any), then the tier's launcher; $1..$6 are the limits
@@ -64,7 +64,10 @@ class Sandbox:
 
     def _limits(self) -> list[str]:
         c = self.cfg
-        return [str(c.memory_mb * 1024), str(c.cpu_seconds), str(c.max_processes),
+        nproc = c.max_processes
+        if self.tier.uid is None:  # not root: the payload shares the trainer's uid, whose processes count too
+            nproc += len(uid_pids(os.getuid()))
+        return [str(c.memory_mb * 1024), str(c.cpu_seconds), str(nproc),
                 str(c.file_size_mb * 2048), str(c.max_fds)]  # ulimit -v in KiB, -f in 512-byte blocks (POSIX sh)
 
     def _drop_uid(self) -> list[str]:

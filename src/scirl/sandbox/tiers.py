@@ -13,9 +13,11 @@ A tier without a dedicated uid (the sandbox users are missing, or scirl does not
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import pwd
+import subprocess
 from dataclasses import dataclass
 
 from scirl.errors import ScirlError
@@ -23,7 +25,8 @@ from scirl.errors import ScirlError
 BWRAP, LANDLOCK, UNSAFE = "bwrap+seccomp", "landlock+seccomp", "unsafe"
 INSTALL = {BWRAP: "apt-get install -y bubblewrap", LANDLOCK: "a kernel with Landlock (5.13+, ABI 6 for signals)"}
 log = logging.getLogger("scirl.sandbox")
-LANDLOCK_MIN_ABI = 6  # ABI 6 scopes signals and abstract unix sockets to the sandbox
+LANDLOCK_MIN_ABI = 6
+PYTHON = "/usr/bin/python3"  # the payload's interpreter (the system one, on the read-only /usr)  # ABI 6 scopes signals and abstract unix sockets to the sandbox
 
 
 @dataclass(frozen=True)
@@ -67,9 +70,26 @@ def _user(prefix: str, worker: int) -> tuple[int | None, int | None, str]:
                      f"useradd --system --no-create-home --shell /usr/sbin/nologin {prefix}{worker}")
 
 
-def _bwrap_problem(bwrap: str) -> str:
+def _bwrap_problem(bwrap: str, uid: int | None, gid: int | None) -> str:
     if not os.path.isfile(bwrap) or not os.access(bwrap, os.X_OK):
-        return f"{bwrap} not found"
+        return f"{bwrap} not found ({INSTALL[BWRAP]})"
+    return _bwrap_probe(bwrap, uid, gid)
+
+
+@functools.lru_cache(maxsize=None)
+def _bwrap_probe(bwrap: str, uid: int | None, gid: int | None) -> str:
+    """"" when bubblewrap can build its namespaces as this uid (a container may forbid user namespaces)."""
+    drop = [] if uid is None else ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
+    argv = drop + [bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--ro-bind", "/usr", "/usr",
+                   "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--proc", "/proc",
+                   "--dev", "/dev", "/usr/bin/true"]
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd="/")
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{bwrap} does not start: {e}"
+    if r.returncode != 0:
+        why = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+        return f"{bwrap} cannot build its namespaces here ({why}; user namespaces must be allowed)"
     return ""
 
 
@@ -90,12 +110,12 @@ def detect(cfg, worker: int = 0) -> Tier:
         raise ScirlError(f"sandbox.tier={want!r} must be one of auto, bwrap, landlock, unsafe")
     uid, gid, user = _user(cfg.user_prefix, worker)
     missing = []
-    sec = _seccomp_problem()
+    sec = _seccomp_problem() or ("" if os.access(PYTHON, os.X_OK) else f"no {PYTHON} (apt-get install -y python3)")
     if want in ("auto", "bwrap"):
-        problem = _bwrap_problem(cfg.bwrap) or sec
+        problem = sec or _bwrap_problem(cfg.bwrap, uid, gid)
         if not problem:
             return Tier(BWRAP, uid, gid, user)
-        missing.append(f"tier {BWRAP}+uid+rlimits unavailable: {problem} ({INSTALL[BWRAP]})")
+        missing.append(f"tier {BWRAP}+uid+rlimits unavailable: {problem}")
     if want in ("auto", "landlock"):
         abi = landlock_abi()
         problem = (f"Landlock ABI {abi} < {LANDLOCK_MIN_ABI}" if abi < LANDLOCK_MIN_ABI else "") or sec
