@@ -45,6 +45,11 @@ def test_payload_has_no_capabilities_a_seccomp_filter_and_only_three_fds(sandbox
     assert r.stdout == "0000000000000000 0000000000000000 1 2 [] ['0', '1', '2', '3']\n", r.stderr  # 3: listdir's
 
 
+def test_lone_surrogates_in_code_and_stdin_do_not_crash_the_caller(sandbox):
+    r = sandbox.run("print(input())  # \ud800", stdin="a\ud83db\udcff\n", timeout=5)
+    assert (r.stdout, r.returncode) == ("a?b?\n", 0)  # encoded with errors="replace": each surrogate is "?"
+
+
 def test_exception_exit_code_and_traceback(sandbox):
     r = sandbox.run("1 / 0", timeout=5)
     assert r.returncode == 1 and "ZeroDivisionError" in r.stderr

@@ -10,6 +10,7 @@ environment of five fixed variables. Output beyond `max_output_bytes` (stdout + 
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import selectors
@@ -50,9 +51,10 @@ class Result:
 
 
 class Sandbox:
-    """Runs untrusted Python programs for one worker (its own uid). Runs of one Sandbox are serialised by a lock:
-    a worker's uid carries one run's process limit (RLIMIT_NPROC counts per uid) and, in the tiers without a pid
-    namespace, the sweep of leftover processes kills everything of that uid. Use one Sandbox per parallel worker."""
+    """Runs untrusted Python programs for one worker (its own uid). Runs of one worker are serialised, within the
+    process (a lock) and across processes (flock on a per-uid lock file): a worker's uid carries one run's process
+    limit (RLIMIT_NPROC counts per uid) and, in the tiers without a pid namespace, the sweep of leftover processes
+    kills everything of that uid. Use one Sandbox (worker index) per parallel worker."""
 
     def __init__(self, cfg=None, worker: int = 0):
         from scirl.config import SandboxConfig
@@ -61,6 +63,7 @@ class Sandbox:
         self.worker = worker
         self.tier = tiers.detect(self.cfg, worker)  # a ScirlError naming the tier and package when none is safe
         self._lock = threading.Lock()
+        self._lock_path = os.path.join(tempfile.gettempdir(), f"scirl-sandbox-{self.tier.user or os.getuid()}.lock")
 
     def _limits(self) -> list[str]:
         c = self.cfg
@@ -95,14 +98,19 @@ class Sandbox:
         return argv + ["--", PYTHON, "-I", "-B", "main.py"]
 
     def run(self, code: str, stdin: str = "", timeout: float | None = None) -> Result:
-        with self._lock:
-            return self._run(code, stdin, timeout)
+        with self._lock:  # one run per worker uid in this process, and (flock) across processes
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                return self._run(code, stdin, timeout)
+            finally:
+                os.close(fd)
 
     def _run(self, code: str, stdin: str, timeout: float | None) -> Result:
         timeout = self.cfg.timeout if timeout is None else timeout
         kind, fds, workdir = self.tier.kind, [], None
         try:
-            code_fd = _memfd("code", code.encode("utf-8", "surrogateescape"))
+            code_fd = _memfd("code", _bytes(code))
             fds.append(code_fd)
             if kind == tiers.BWRAP:
                 from scirl.sandbox.seccomp import filter_bytes
@@ -123,7 +131,7 @@ class Sandbox:
                 cwd = workdir
             argv = ["/bin/sh", "-c", WRAPPER, "sh", *self._limits(), *self._drop_uid(), *payload]
             env = ENV if kind == tiers.BWRAP else env_dir
-            return self._spawn(argv, env, cwd, fds, stdin.encode("utf-8", "surrogateescape"), timeout)
+            return self._spawn(argv, env, cwd, fds, _bytes(stdin), timeout)
         finally:
             for fd in fds:
                 os.close(fd)
@@ -196,6 +204,14 @@ def kill_uid(uid: int, wait: float = 2.0) -> None:
             except (ProcessLookupError, PermissionError):
                 pass
         time.sleep(0.01)
+
+
+def _bytes(text: str) -> bytes:
+    """UTF-8; bytes smuggled in as surrogate escapes go back as they were, other lone surrogates become '?'."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")
 
 
 def _text(b: bytearray) -> str:
