@@ -1,11 +1,13 @@
 """Sandbox throughput: milliseconds per run of a small program, sequentially and with `workers` in parallel.
 
-    PYTHONPATH=src python bench/sandbox_throughput.py [--n 50] [--workers 4] [sandbox.KEY=VALUE ...]
+    PYTHONPATH=src python bench/sandbox_throughput.py [--n 50] [--workers 4] [--ballast-mb 0] [sandbox.KEY=VALUE ...]
 
 Each run is `print(sum(i * i for i in range(1000)))` in a fresh sandbox (scirl.sandbox.Sandbox, the strongest
 tier here): spawn of the /bin/sh wrapper, rlimits, setpriv, bubblewrap's namespaces and seccomp, the system
 python3's start, the program, teardown. Also times the bare `/usr/bin/python3 -I -B -c ...` for the same
-program, so the sandbox's own cost is the difference. Every run's output is checked. No timing is asserted.
+program, so the sandbox's own cost is the difference. --ballast-mb makes this process as big as a trainer first:
+the launch path (posix_spawn of /bin/sh, no preexec_fn) should not slow down with it. Every run's output is
+checked. No timing is asserted.
 """
 
 from __future__ import annotations
@@ -25,20 +27,33 @@ CODE = "print(sum(i * i for i in range(1000)))"
 WANT = f"{sum(i * i for i in range(1000))}\n"
 
 
+def _noop() -> None:
+    pass
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=50)
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--ballast-mb", type=int, default=0, help="touch this much memory first (a big trainer's RSS)")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
+    ballast = bytearray(a.ballast_mb << 20)
+    ballast[::4096] = b"x" * len(range(0, len(ballast), 4096))  # resident, not just reserved
     from scirl.sandbox import Sandbox
     from scirl.sandbox.command import sandbox_config
 
     cfg = sandbox_config(a.overrides)
     workers = a.workers or cfg.workers
     boxes = [Sandbox(cfg, worker=w) for w in range(workers)]
-    print(f"tier: {boxes[0].tier.name}; n={a.n}, workers={workers}")
+    print(f"tier: {boxes[0].tier.name}; n={a.n}, workers={workers}, ballast {a.ballast_mb} MB resident")
     boxes[0].run(CODE)  # warm-up: the seccomp program is compiled once per process
+
+    for label, kw in (("no preexec_fn (vfork / posix_spawn)", {}), ("preexec_fn (fork)", {"preexec_fn": _noop})):
+        t = time.perf_counter()
+        for _ in range(a.n):
+            subprocess.run(["/bin/true"], check=True, **kw)
+        print(f"spawn /bin/true, {label:<36} {(time.perf_counter() - t) / a.n * 1000:6.2f} ms")
 
     t = time.perf_counter()
     for _ in range(a.n):
