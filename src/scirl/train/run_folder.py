@@ -46,8 +46,7 @@ OPERATIONAL = ("trainer.total_steps", "trainer.test_freq", "trainer.save_freq", 
                "rollout.gpu_memory_utilization", "rollout.enforce_eager", "rollout.free_cache_engine",
                "rollout.max_num_seqs", "rollout.max_model_len", "rollout.base_url", "rollout.api_key_env",
                "rollout.max_concurrency", "rollout.request_timeout", "rollout.max_retries", "rollout.sync_check_freq",
-               "rollout.sync_check_tol", "sandbox.tier", "sandbox.allow_unsafe", "sandbox.bwrap", "sandbox.user_prefix",
-               "sandbox.workers", "sandbox.timeout")
+               "rollout.sync_check_tol", "sandbox.")
 FIXED = ("model.", "data.train", "data.train_size", "data.seed", "data.shuffle", "data.dedup", "data.template",
          "data.system_prompt", "data.max_prompt_length", "data.truncation", "data.fields", "data.enable_thinking",
          "trainer.seed", "distill.teacher", "distill.teacher_path")
