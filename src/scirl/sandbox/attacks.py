@@ -142,6 +142,21 @@ for i in range(8):
 print(n)
 """
 
+FILL_DIRS = """
+import os, signal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+n = 0
+for d in ('/', '/dev', '/dev/shm', '/work', '/usr', '/proc', os.path.expanduser('~')):
+    for i in range(4):
+        try:
+            with open(os.path.join(d, f'fill{i}'), 'wb') as f:
+                for _ in range(40):
+                    f.write(b'x' * 2**20); f.flush(); n += 2**20
+        except OSError:
+            break
+print(n)
+"""
+
 ATTACKS: list[Attack] = [
     Attack("read /etc/shadow", _read("'/etc/shadow'")),
     Attack("read /etc/passwd", _read("'/etc/passwd'")),
@@ -236,6 +251,7 @@ except MemoryError:
     Attack("fill one file", lambda ctx: FILL_ONE, lambda r, ctx: _size_check(64)(r, ctx)),
     Attack("fill the disk with many files", lambda ctx: FILL_MANY, lambda r, ctx: _size_check(64)(r, ctx),
            gaps=("landlock+seccomp", "unsafe")),  # Landlock has no disk quota: per-file limit and the timeout only
+    Attack("fill /, /dev and /dev/shm", lambda ctx: FILL_DIRS, lambda r, ctx: _size_check(3 * 64)(r, ctx)),
     Attack("persist between runs", lambda ctx: """
 import os, tempfile
 left = [p for p in ('persist', os.path.join(tempfile.gettempdir(), 'persist')) if os.path.exists(p)]

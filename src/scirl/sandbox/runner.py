@@ -90,8 +90,11 @@ class Sandbox:
                 argv += ["--symlink", os.readlink("/" + link), "/" + link]
             elif os.path.isdir("/" + link):
                 argv += ["--ro-bind", "/" + link, "/" + link]
-        argv += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/tmp", "--size", size,
-                 "--tmpfs", "/work", "--perms", "0644", "--file", str(code_fd), "/work/main.py", "--chdir", "/work",
+        # every writable place is a sized tmpfs; bwrap's own root and /dev tmpfs are remounted read-only (unsized,
+        # they would let a program fill the host's memory)
+        argv += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm", "--size", size,
+                 "--tmpfs", "/tmp", "--size", size, "--tmpfs", "/work", "--perms", "0644", "--file", str(code_fd),
+                 "/work/main.py", "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/work",
                  "--seccomp", str(seccomp_fd)]
         for k, v in ENV.items():
             argv += ["--setenv", k, v]
