@@ -84,6 +84,11 @@ def test_huge_output_is_truncated_and_the_run_killed(sandbox):
     assert r.duration < 5
 
 
+def test_a_100_mb_print_costs_the_caller_only_the_cap(sandbox):
+    r = sandbox.run("print('x' * 100_000_000)", timeout=10)
+    assert r.truncated and r.returncode == 137 and len(r.stdout) == 100_000 and r.duration < 5
+
+
 def test_non_utf8_output_is_replaced(sandbox):
     r = sandbox.run("import sys\nsys.stdout.buffer.write(b'ok \\xff\\xfe end\\n')", timeout=5)
     assert r.stdout == "ok \ufffd\ufffd end\n"
@@ -148,7 +153,8 @@ def test_fallback_tiers_run_programs_the_same_way(tier):
         sb = Sandbox(SandboxConfig(tier=tier, max_output_bytes=1000))
     except ScirlError as e:
         pytest.skip(str(e))
-    r = sb.run("import os, sys\nprint(int(input()) * 2, sorted(os.environ)[:2])\nsys.exit(3)", stdin="21\n", timeout=5)
+    r = sb.run("import os, sys\nprint(int(input()) * 2, sorted(os.environ)[:2])\nsys.exit(3)  # \ud800", stdin="21\n",
+               timeout=5)
     assert (r.stdout, r.returncode, r.tier) == ("42 ['HOME', 'LANG']\n", 3, sb.tier.name)
     r = sb.run("import time\nwhile True: time.sleep(0.01)", timeout=1.0)
     assert r.timed_out and r.returncode == 124

@@ -143,9 +143,8 @@ class Sandbox:
 
     def _workdir(self, code: str) -> str:
         d = tempfile.mkdtemp(prefix=f"scirl-sbx{self.worker}-")
-        path = os.path.join(d, "main.py")
-        with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write(code)
+        with open(os.path.join(d, "main.py"), "wb") as f:
+            f.write(_bytes(code))
         if self.tier.uid is not None:
             os.chown(d, self.tier.uid, self.tier.gid)
         os.chmod(d, 0o700)
@@ -155,7 +154,12 @@ class Sandbox:
         start = time.monotonic()
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env=env, cwd=cwd, pass_fds=fds, start_new_session=True)
-        out, err, timed_out, truncated = _pump(proc, stdin, start + timeout, self.cfg.max_output_bytes)
+        try:
+            out, err, timed_out, truncated = _pump(proc, stdin, start + timeout, self.cfg.max_output_bytes)
+        except BaseException:  # Ctrl-C, a signal turned into an exception: never leave the program running
+            _kill(proc)
+            proc.wait()
+            raise
         if timed_out or truncated:
             _kill(proc)
         try:
