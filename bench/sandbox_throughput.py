@@ -13,12 +13,11 @@ checked. No timing is asserted.
 from __future__ import annotations
 
 import argparse
-import queue
 import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -40,14 +39,14 @@ def main() -> None:
     a = p.parse_args()
     ballast = bytearray(a.ballast_mb << 20)
     ballast[::4096] = b"x" * len(range(0, len(ballast), 4096))  # resident, not just reserved
-    from scirl.sandbox import Sandbox
+    from scirl.sandbox import Sandbox, SandboxPool
     from scirl.sandbox.command import sandbox_config
 
     cfg = sandbox_config(a.overrides)
-    workers = a.workers or cfg.workers
-    boxes = [Sandbox(cfg, worker=w) for w in range(workers)]
-    print(f"tier: {boxes[0].tier.name}; n={a.n}, workers={workers}, ballast {a.ballast_mb} MB resident")
-    boxes[0].run(CODE)  # warm-up: the seccomp program is compiled once per process
+    cfg = replace(cfg, workers=a.workers or cfg.workers)
+    box = Sandbox(cfg)
+    print(f"tier: {box.tier.name}; n={a.n}, workers={cfg.workers}, ballast {a.ballast_mb} MB resident")
+    box.run(CODE)  # warm-up: the seccomp program is compiled once per process
 
     for label, kw in (("no preexec_fn (vfork / posix_spawn)", {}), ("preexec_fn (fork)", {"preexec_fn": _noop})):
         t = time.perf_counter()
@@ -64,30 +63,19 @@ def main() -> None:
     t = time.perf_counter()
     per = []
     for _ in range(a.n):
-        r = boxes[0].run(CODE)
+        r = box.run(CODE)
         assert r.stdout == WANT and r.returncode == 0, r
         per.append(r.duration * 1000)
     seq = (time.perf_counter() - t) / a.n * 1000
     print(f"sandbox, sequential:               {seq:6.1f} ms/run ({1000 / seq:5.1f} runs/s; "
           f"median {statistics.median(per):.1f} ms, sandbox overhead {seq - bare:+.1f} ms)")
 
-    free: queue.Queue = queue.Queue()
-    for box in boxes:
-        free.put(box)
-
-    def one(i: int):
-        box = free.get()  # one run per worker (uid) at a time
-        try:
-            r = box.run(CODE)
-        finally:
-            free.put(box)
-        assert r.stdout == WANT and r.returncode == 0, r
-
-    with ThreadPoolExecutor(workers) as pool:
-        t = time.perf_counter()
-        list(pool.map(one, range(a.n)))
-        par = (time.perf_counter() - t) / a.n * 1000
-    print(f"sandbox, {workers} workers in parallel:    {par:6.1f} ms/run ({1000 / par:5.1f} runs/s)")
+    pool = SandboxPool(cfg)
+    t = time.perf_counter()
+    results = pool.map([CODE] * a.n)
+    par = (time.perf_counter() - t) / a.n * 1000
+    assert all(r.stdout == WANT and r.returncode == 0 for r in results)
+    print(f"sandbox, {cfg.workers} workers in parallel:    {par:6.1f} ms/run ({1000 / par:5.1f} runs/s)")
 
 
 if __name__ == "__main__":

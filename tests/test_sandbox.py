@@ -196,3 +196,20 @@ def test_a_bwrap_that_cannot_build_namespaces_is_refused_in_one_line():
         Sandbox(SandboxConfig(tier="bwrap", bwrap="/bin/false"))
     assert "\n" not in str(e.value)
     assert "tier bwrap+seccomp+uid+rlimits unavailable: /bin/false cannot build its namespaces here (exit 1;" in str(e.value)
+
+
+def test_pool_runs_in_parallel_on_distinct_workers():
+    """8 programs on a 4-worker pool: all correct, in input order, spread over the 4 workers' uids."""
+    import os
+
+    from scirl.sandbox import SandboxPool
+
+    try:
+        pool = SandboxPool(SandboxConfig(tier="bwrap", workers=4))
+    except ScirlError as e:
+        pytest.skip(str(e))
+    codes = [f"import os, time\ntime.sleep(0.3)\nprint({i} * {i}, os.getuid())" for i in range(8)]
+    results = pool.map(codes, timeout=10)
+    assert [int(r.stdout.split()[0]) for r in results] == [i * i for i in range(8)]
+    uids = {r.stdout.split()[1] for r in results}
+    assert len(uids) == (4 if os.geteuid() == 0 else 1) and all(r.ok for r in results)
