@@ -39,7 +39,7 @@ def _leftover(sandbox, wait: float = 3.0) -> list[int]:
     """Pids still running as the worker's dedicated uid after a run (none expected); [] without such a uid."""
     from scirl.sandbox.runner import uid_pids
 
-    uid = sandbox.tier.uid if sandbox.tier.user.startswith(sandbox.cfg.user_prefix) else None
+    uid = sandbox.tier.uid if sandbox.tier.dedicated else None
     if uid is None:
         return []
     deadline = time.monotonic() + wait

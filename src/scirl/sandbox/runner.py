@@ -168,8 +168,7 @@ class Sandbox:
             timed_out = True
             _kill(proc)
             code = proc.wait()
-        if self.tier.kind != tiers.BWRAP and self.tier.uid is not None and \
-                self.tier.user.startswith(self.cfg.user_prefix):
+        if self.tier.kind != tiers.BWRAP and self.tier.dedicated:
             kill_uid(self.tier.uid)  # no pid namespace: sweep what the payload left behind (its uid is its own)
         code = TIMEOUT_CODE if timed_out else (128 - code if code < 0 else code)
         return Result(_text(out), _text(err), code, timed_out, time.monotonic() - start, self.tier.name, truncated)

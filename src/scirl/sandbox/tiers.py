@@ -2,7 +2,8 @@
 
 Tiers, strongest first:
 - `bwrap+seccomp+uid+rlimits`: bubblewrap namespaces (no network, no host files but a read-only /usr, private
-  /proc, tmpfs /tmp and work dir), the seccomp filter, a dedicated unprivileged uid per worker, rlimits;
+  /proc, sized tmpfs /tmp, /dev/shm and work dir, the rest read-only), the seccomp filter, a dedicated
+  unprivileged uid per worker, rlimits;
 - `landlock+seccomp+uid+rlimits` (bubblewrap missing): Landlock confines the filesystem to read-only /usr and the
   run's own folder, and scopes signals / abstract sockets to the sandbox; no pid, mount or network namespace, so
   /proc still lists host processes (their memory and environ stay unreadable: other uid, ptrace refused);
@@ -25,8 +26,8 @@ from scirl.errors import ScirlError
 BWRAP, LANDLOCK, UNSAFE = "bwrap+seccomp", "landlock+seccomp", "unsafe"
 INSTALL = {BWRAP: "apt-get install -y bubblewrap", LANDLOCK: "a kernel with Landlock (5.13+, ABI 6 for signals)"}
 log = logging.getLogger("scirl.sandbox")
-LANDLOCK_MIN_ABI = 6
-PYTHON = "/usr/bin/python3"  # the payload's interpreter (the system one, on the read-only /usr)  # ABI 6 scopes signals and abstract unix sockets to the sandbox
+LANDLOCK_MIN_ABI = 6  # ABI 6 scopes signals and abstract unix sockets to the sandbox
+PYTHON = "/usr/bin/python3"  # the payload's interpreter (the system one, on the read-only /usr)
 
 
 @dataclass(frozen=True)
@@ -35,14 +36,16 @@ class Tier:
     uid: int | None  # the unprivileged uid the payload runs as (None: the trainer's own uid)
     gid: int | None
     user: str  # its name ("" when none)
+    dedicated: bool = False  # the worker's own user (<sandbox.user_prefix><worker>), not a shared one like nobody
 
     @property
     def name(self) -> str:
-        parts = [self.kind] + (["uid"] if self.uid is not None and self.user.startswith("scirl-sbx") else []) + ["rlimits"]
-        name = "+".join(parts) if self.kind != UNSAFE else "unsafe (rlimits + timeout only)"
-        if self.kind != UNSAFE and self.uid is None:
+        if self.kind == UNSAFE:
+            return "unsafe (rlimits + timeout only)"
+        name = "+".join([self.kind] + (["uid"] if self.dedicated else []) + ["rlimits"])
+        if self.uid is None:
             name += " (same uid as the trainer)"
-        elif self.kind != UNSAFE and not self.user.startswith("scirl-sbx"):
+        elif not self.dedicated:
             name += f" (shared uid {self.user})"
         return name
 
@@ -109,12 +112,13 @@ def detect(cfg, worker: int = 0) -> Tier:
     if want not in ("auto", "bwrap", "landlock", "unsafe"):
         raise ScirlError(f"sandbox.tier={want!r} must be one of auto, bwrap, landlock, unsafe")
     uid, gid, user = _user(cfg.user_prefix, worker)
+    dedicated = uid is not None and user == f"{cfg.user_prefix}{worker}"
     missing = []
     sec = _seccomp_problem() or ("" if os.access(PYTHON, os.X_OK) else f"no {PYTHON} (apt-get install -y python3)")
     if want in ("auto", "bwrap"):
         problem = sec or _bwrap_problem(cfg.bwrap, uid, gid)
         if not problem:
-            return Tier(BWRAP, uid, gid, user)
+            return Tier(BWRAP, uid, gid, user, dedicated)
         missing.append(f"tier {BWRAP}+uid+rlimits unavailable: {problem}")
     if want in ("auto", "landlock"):
         abi = landlock_abi()
@@ -122,11 +126,11 @@ def detect(cfg, worker: int = 0) -> Tier:
         if not problem:
             log.warning("sandbox: tier %s (weaker than bubblewrap: no pid / network namespace, no disk quota)%s",
                         LANDLOCK, "".join(": " + m for m in missing[:1]))
-            return Tier(LANDLOCK, uid, gid, user)
+            return Tier(LANDLOCK, uid, gid, user, dedicated)
         missing.append(f"tier {LANDLOCK}+uid+rlimits unavailable: {problem} ({INSTALL[LANDLOCK]})")
     if want == "unsafe" or cfg.allow_unsafe:
         log.warning("sandbox: tier UNSAFE (rlimits and timeouts only; sandbox.allow_unsafe)%s",
                     "".join(": " + m for m in missing[:1]))
-        return Tier(UNSAFE, uid, gid, user)
+        return Tier(UNSAFE, uid, gid, user, dedicated)
     raise ScirlError("sandbox: refusing to run untrusted code with only timeouts: " + "; ".join(missing)
                      + "; or set sandbox.allow_unsafe=true")
