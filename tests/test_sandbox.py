@@ -213,3 +213,19 @@ def test_pool_runs_in_parallel_on_distinct_workers():
     assert [int(r.stdout.split()[0]) for r in results] == [i * i for i in range(8)]
     uids = {r.stdout.split()[1] for r in results}
     assert len(uids) == (4 if os.geteuid() == 0 else 1) and all(r.ok for r in results)
+
+
+def test_missing_worker_user_falls_back_to_nobody_and_says_so():
+    import os
+
+    from scirl.sandbox import Sandbox
+
+    if os.geteuid() != 0:
+        pytest.skip("switching uid needs root")
+    try:
+        sb = Sandbox(SandboxConfig(tier="bwrap", user_prefix="scirl-no-such-user-"))
+    except ScirlError as e:
+        pytest.skip(str(e))
+    assert sb.tier.name == "bwrap+seccomp+rlimits (shared uid nobody)" and not sb.tier.dedicated
+    r = sb.run("import os; print(os.getuid())", timeout=5)
+    assert r.stdout == "65534\n" and r.tier == sb.tier.name
