@@ -18,7 +18,8 @@ re-tokenized. A row stops on:
 - a tool call on turn `max_turns`: `truncated_by_turns` (those calls are not executed, nor counted).
 Malformed calls (bad JSON, unknown tool, wrong arguments) are answered with an error `<tool_response>` and counted
 in `num_tool_calls` and `tool_errors`; the rollout continues. `Trajectories.truncated` holds the by-length flag only
-(what the overlong filter means); by-turns is in the stats and in `extra["truncated_by_turns"]`.
+(what the overlong filter means); by-turns is in the stats and in `extra["truncated_by_turns"]`. `extra` also
+holds per-row tensors `response_len` (model + tool tokens), `num_turns`, `num_tool_calls`, `tool_errors`.
 """
 
 from __future__ import annotations
@@ -146,7 +147,8 @@ def multi_turn_generate(engine: RolloutEngine, tokenizer: Any, prompt_ids: list[
     for i, r in enumerate(rows):
         traj.response_mask[i, : len(r.mask)] = torch.tensor(r.mask)
     stats = [r.stats for r in rows]
-    traj.extra.update(num_turns=torch.tensor([s.num_turns for s in stats]),
+    traj.extra.update(response_len=torch.tensor([len(r.tokens) for r in rows]),  # model + tool tokens
+                      num_turns=torch.tensor([s.num_turns for s in stats]),
                       num_tool_calls=torch.tensor([s.num_tool_calls for s in stats]),
                       tool_errors=torch.tensor([s.tool_errors for s in stats]),
                       truncated_by_turns=torch.tensor([s.truncated_by_turns for s in stats]))
