@@ -139,6 +139,7 @@ def test_max_turns_and_max_response_len(tok):
     assert [(s.num_turns, s.num_tool_calls, s.truncated_by_turns, s.truncated) for s in stats] == [
         (2, 1, True, False), (2, 1, False, False)]
     assert traj.extra["truncated_by_turns"].tolist() == [True, False] and not bool(traj.truncated.any())
+    assert len(stats[0].latency["calculator"]) == 1  # turn 2's call did not run
     assert [c[0] for c in engine.calls] == [2, 2]
     lens = (traj.response_ids != tok.pad_token_id).sum(-1).tolist()
     tool = lens[0] - 2 * t1
@@ -154,6 +155,10 @@ def test_max_turns_and_max_response_len(tok):
     _, engine, traj, stats = run(tok, [[call]], max_response_len=t1 + 3)
     assert traj.response_ids.shape[1] == t1 + 3 and traj.response_mask[0].tolist() == [1.0] * t1 + [0.0] * 3
     assert stats[0].truncated and stats[0].num_turns == 1 and len(engine.calls) == 1
+    # a call in a turn that fills the budget exactly: not run, not counted, truncated
+    _, engine, traj, stats = run(tok, [[call]], max_response_len=t1)
+    assert traj.response_mask[0].tolist() == [1.0] * t1 and stats[0].truncated and stats[0].num_tool_calls == 0
+    assert stats[0].latency == {} and len(engine.calls) == 1
     # a turn the engine cut (no end-of-turn) ends the row as truncated, its calls not run
     _, engine, traj, stats = run(tok, [[call]], eos=False)
     assert stats[0].truncated and stats[0].num_tool_calls == 0 and traj.response_mask[0].sum() == t1 - 1

@@ -15,7 +15,8 @@ re-tokenized. A row stops on:
 - a turn that did not end (no end-of-turn token): `truncated` (by length), as the engine reports it;
 - the response reaching `max_response_len` tokens, counting model and tool tokens: `truncated`, cut exactly at the
   budget (a tool turn may be cut too). Each turn may generate min(sampling.max_new_tokens, budget left) tokens;
-- a tool call on turn `max_turns`: `truncated_by_turns` (those calls are not executed, nor counted).
+- a tool call on turn `max_turns`: `truncated_by_turns`; or one in a turn that used up the budget: `truncated`
+  (in both cases those calls are not executed, nor counted).
 Malformed calls (bad JSON, unknown tool, wrong arguments) are answered with an error `<tool_response>` and counted
 in `num_tool_calls` and `tool_errors`; the rollout continues. `Trajectories.truncated` holds the by-length flag only
 (what the overlong filter means); by-turns is in the stats and in `extra["truncated_by_turns"]`. `extra` also
@@ -30,7 +31,7 @@ from typing import Any, Sequence
 
 import torch
 
-from scirl.agent.hermes import Execution, ToolResult, error_results, execute_calls, parse_tool_calls, tool_response_ids
+from scirl.agent.hermes import Execution, ToolCall, ToolResult, error_results, execute_calls, parse_tool_calls, tool_response_ids
 from scirl.agent.tools import Tool
 from scirl.errors import ScirlError
 from scirl.rollout.assemble import Sample, to_trajectories
@@ -75,8 +76,8 @@ def _check(max_turns: int, max_response_len: int, max_tool_response_len: int, to
         raise ScirlError(f"rollout.agent.tool_timeout must be > 0 seconds, got {tool_timeout!r}")
 
 
-def _run_tools(text: str, tools: dict[str, Tool], timeout: float, max_len: int) -> tuple[list[ToolResult], Execution]:
-    calls, errors = parse_tool_calls(text)
+def _run_tools(calls: list[ToolCall], errors: list[str], tools: dict[str, Tool], timeout: float, max_len: int
+               ) -> tuple[list[ToolResult], Execution]:
     ex = execute_calls(calls, tools, timeout, max_len) if calls else Execution()
     return ex.results + error_results(errors, max_len), ex
 
@@ -107,29 +108,28 @@ def multi_turn_generate(engine: RolloutEngine, tokenizer: Any, prompt_ids: list[
             if len(out) != len(active):
                 raise ScirlError(f"the rollout engine returned {len(out)} rows for {len(active)} (turn {turn})")
             pad_id = out.pad_id
-            texts: list[str | None] = []
+            runs: list[tuple[_Row, Any]] = []
             for k, row in enumerate(active):
                 n = int(out.response_mask[k].sum())
                 ids, lps = out.response_ids[k, :n].tolist(), out.rollout_logprobs[k, :n].tolist()
                 room = max_response_len - len(row.tokens)
-                ended = not bool(out.truncated[k]) and n <= room
                 row.add(ids[:room], lps[:room])
                 row.stats.num_turns = turn
-                if not ended:
+                if bool(out.truncated[k]) or n > room:  # the turn did not end within the budget
                     row.done = row.stats.truncated = True
-                texts.append(tokenizer.decode(ids, skip_special_tokens=False) if ended else None)
-            runs = [pool.submit(_run_tools, t, table, tool_timeout, max_tool_response_len) if t is not None else None
-                    for t in texts]
-            for row, run in zip(active, runs):
-                if run is None:
                     continue
-                results, ex = run.result()
-                if not results:
+                calls, errors = parse_tool_calls(tokenizer.decode(ids, skip_special_tokens=False))
+                if not calls and not errors:
                     row.done = True  # the model answered without calling a tool
-                    continue
-                if turn == max_turns:
+                elif turn == max_turns:
                     row.done = row.stats.truncated_by_turns = True
-                    continue
+                elif len(row.tokens) >= max_response_len:  # no room for the tool turn
+                    row.done = row.stats.truncated = True
+                else:
+                    runs.append((row, pool.submit(_run_tools, calls, errors, table, tool_timeout,
+                                                  max_tool_response_len)))
+            for row, run in runs:
+                results, ex = run.result()
                 row.stats.num_tool_calls += len(results)
                 row.stats.tool_errors += sum(r.is_error for r in results)
                 for r in ex.results:  # calls that ran (refused ones, unknown tool or bad arguments, took 0 s)
