@@ -1,1 +1,2 @@
-"""Agents that use tools: the tool registry (`tools`) and the Hermes tool-call format (`hermes`)."""
+"""Agents that use tools: the tool registry (`tools`), the Hermes tool-call format (`hermes`) and the multi-turn
+rollout on any engine (`rollout`)."""

@@ -105,8 +105,9 @@ def multi_turn_generate(engine: RolloutEngine, tokenizer: Any, prompt_ids: list[
             else:
                 out = engine.generate([r.prompt + r.tokens for r in active], [r.uid for r in active],
                                       replace(sampling, n=1, max_new_tokens=cap))
-            if len(out) != len(active):
-                raise ScirlError(f"the rollout engine returned {len(out)} rows for {len(active)} (turn {turn})")
+            if list(out.uid) != [r.uid for r in active]:
+                raise ScirlError(f"the rollout engine returned {len(out)} rows for {len(active)} or reordered them "
+                                 f"(turn {turn}): multi_turn_generate needs generate's order")
             pad_id = out.pad_id
             runs: list[tuple[_Row, Any]] = []
             for k, row in enumerate(active):
