@@ -19,6 +19,23 @@ os.environ.setdefault("SCIRL_PROGRESS", "0")
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (a test server's, a process group's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_two_ranks(worker, tmp, out):
+    """Run `worker(rank, 2, port, tmp, out)` on 2 spawned processes (a gloo group); what rank 0 saved to `out`."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(worker, args=(2, free_port(), tmp, out), nprocs=2, join=True)
+    return torch.load(out, weights_only=False)
+
+
 def small_overrides(tmp_path, **extra) -> list[str]:
     base = {
         "trainer.output_dir": str(tmp_path), "trainer.run_name": "t", "trainer.total_steps": 2,

@@ -6,7 +6,6 @@ on every rank. One 2-process launch serves every 2-rank assertion."""
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import free_port
 from scirl.ckpt.checkpoint import checkpoint_problem, dcp_dir, load_trainer_state, save_checkpoint
 from scirl.ckpt.resume import restore_modules
 from scirl.ckpt.sharded import load_sharded, save_sharded
@@ -101,12 +101,6 @@ def worker(rank: int, world_size: int, port: int, tmp: str) -> None:
         dist.barrier()
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,11 @@ launch: the rollout copy equals the trained weights exactly after the weight syn
 local shards equals the one-process EMA teacher."""
 
 import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
-from conftest import small_overrides
+from conftest import small_overrides, spawn_two_ranks
 
 MODES = ("token-mean", "seq-mean-token-mean")
 GROUPS, N = 4, 2  # 4 prompt groups x 2 samples; mini-batch 2 groups -> 2 optimizer steps; micro-batch 1 row
@@ -103,18 +101,11 @@ def _worker(rank, world, port, tmp, out):
     dist.destroy()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_rank_results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dist_actor")
     out = tmp / "results.pt"
-    mp.spawn(_worker, args=(2, _free_port(), tmp, out), nprocs=2, join=True)
-    return torch.load(out, weights_only=False)
+    return spawn_two_ranks(_worker, tmp, out)
 
 
 @pytest.mark.parametrize("mode", MODES)

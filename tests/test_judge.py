@@ -8,22 +8,16 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from conftest import free_port
 from scirl.data.sample import Sample
 from scirl.errors import ScirlError
 from scirl.rewards import judge as judge_mod
 from scirl.rewards.pool import RewardPool
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class VerdictServer(ThreadingHTTPServer):

@@ -8,13 +8,11 @@ merge_and_unload state."""
 
 import copy
 import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
-from conftest import small_overrides
+from conftest import small_overrides, spawn_two_ranks
 
 GROUPS, N = 4, 2  # 4 prompt groups x 2 samples; mini-batch 2 groups -> 2 optimizer steps; micro-batch 1 row
 LORA = {"model.lora.rank": 4, "model.lora.alpha": 8, "model.lora.target_modules": "[q_proj,v_proj,down_proj]"}
@@ -98,18 +96,11 @@ def _worker(rank, world, port, tmp, out):
     dist.destroy()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lora_dist_actor")
     out = tmp / "results.pt"
-    mp.spawn(_worker, args=(2, _free_port(), tmp, out), nprocs=2, join=True)
-    return torch.load(out, weights_only=False)
+    return spawn_two_ranks(_worker, tmp, out)
 
 
 def test_lora_update_on_two_ranks_equals_one_process(two_ranks, tmp_path):

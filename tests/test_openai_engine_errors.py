@@ -5,13 +5,13 @@ bounded time. The servers are tiny http.server fakes on 127.0.0.1 in a thread.""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from conftest import free_port
 from scirl.config import load_config
 from scirl.errors import ScirlError
 from scirl.rollout.base import SamplingParams
@@ -109,12 +109,6 @@ def failing(call, url: str, bound: float) -> str:
     assert url in msg and "\n" not in msg, msg
     assert took < bound, (took, msg)
     return msg
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_server_down_is_retried_then_one_line(tiny_model_and_tokenizer, tmp_path):
