@@ -10,6 +10,7 @@ from scirl.rewards import eed  # noqa: F401
 from scirl.rewards import format_trace  # noqa: F401
 from scirl.rewards import composite  # noqa: F401
 from scirl.rewards import by_dataset  # noqa: F401
+from scirl.rewards import code_tests  # noqa: F401
 from scirl.rewards.base import REWARDS, RewardResult, get_reward, register_reward
 from scirl.rewards.pool import RewardPool
 
