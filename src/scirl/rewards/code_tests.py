@@ -3,7 +3,7 @@
 Program: the last ```python (or ```py / ```python3) fenced block of the completion, else the last fenced block of
 any language; none -> score 0, component no_code=1.
 
-Test cases (the first present of info["tests"], info["input_output"], sample.metadata["input_output"],
+Test cases (info is `{**sample.reward_info, **info}`; the first present of info["tests"], info["input_output"], sample.metadata["input_output"],
 sample.answer; a JSON string is parsed):
 - TACO / APPS stdin style `{"inputs": [str, ...], "outputs": [str, ...]}`: one sandbox run per test, the input on
   stdin. Outputs are compared line by line after normalising whitespace: each line is split on whitespace (so
@@ -288,7 +288,7 @@ def _run_call(pool, code: str, tests: Tests, per: float, mode: str) -> RewardRes
 @register_reward("code_tests")
 def code_tests(sample: Sample, completion: str, info: dict) -> RewardResult:
     """Fraction of the row's tests the completion's program passes, or all-pass 1/0; see the module docstring."""
-    info = info or {}
+    info = {**(sample.reward_info or {}), **(info or {})}
     mode = info.get("mode", "all")
     if mode not in ("all", "fraction"):
         raise ScirlError(f"code_tests: info['mode'] must be 'all' or 'fraction', got {mode!r}")
