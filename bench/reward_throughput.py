@@ -1,6 +1,14 @@
-"""Reward throughput, side by side: plain math-verify in one process vs `scirl grade --reward math`.
+"""Reward throughput, side by side: plain math-verify in one process vs `scirl grade --reward math`; or, with
+`--reward code_tests`, the code reward sequential vs the RewardPool's workers.
 
     python bench/reward_throughput.py [--n 2000] [--seed 0] [--data DIR] [--workers N] [--keep DIR]
+    python bench/reward_throughput.py --reward code_tests [--n 32] [--tests 8] [--workers N]
+
+code_tests: n completions x `--tests` tests, for both test styles: stdin (a TACO row, one sandbox run per test)
+and function-call (a TACO fn_name row, one harness run per completion). A quarter of the completions are wrong
+from the first test on, a quarter pass half the tests, the rest pass all (mode fraction, so every test runs).
+Timed: RewardPool(workers=0) (inline, one process, one sandbox) and RewardPool(workers=N) (N processes, a
+sandbox uid each); printed as completions/s and tests/s side by side.
 
 Rows: the same seeded sample of DAPO-Math-17k gold answers as scripts/math_equivalence_report.py (2,000 by
 default). Each row gets a generated response text ending in \\boxed{<form>}: even rows an equivalent form of the
@@ -109,7 +117,57 @@ def run_pool_inprocess(rows: list[dict], workers: int) -> tuple[list[bool], floa
     return [r.score == 1.0 for r in results], time.perf_counter() - t0
 
 
+CODE_STDIN = "xs = list(map(int, input().split()))\nprint(sum(xs){bug})"
+CODE_CALL = "class Solution:\n    def total(self, xs):\n        return sum(xs){bug}"
+
+
+def code_items(n: int, m: int) -> dict[str, list]:
+    """{style: [(sample, completion, info)]}: n completions of one m-test row per style."""
+    from scirl.data.sample import Sample
+
+    lists = [[i, i + 1, 2 * i] for i in range(m)]
+    stdin = Sample("bench/stdin", [], None, metadata={"input_output": {
+        "inputs": [" ".join(map(str, xs)) + "\n" for xs in lists], "outputs": [f"{sum(xs)}\n" for xs in lists]}})
+    call = Sample("bench/call", [], None, metadata={"input_output": {
+        "fn_name": "total", "inputs": [[xs] for xs in lists], "outputs": [[sum(xs)] for xs in lists]}})
+    bugs = ["", "", " + 1", " if xs[0] < %d else 0" % (m // 2)]  # right, right, all wrong, half right
+    out = {}
+    for style, row, code in (("stdin", stdin, CODE_STDIN), ("call", call, CODE_CALL)):
+        out[style] = [(row, f"```python\n{code.format(bug=bugs[i % 4])}\n```", {"mode": "fraction"})
+                      for i in range(n)]
+    return out
+
+
+def code_bench(n: int, m: int, workers: int | None) -> int:
+    from scirl.rewards import RewardPool
+
+    workers = workers or os.cpu_count() or 1
+    print(f"code_tests: {n} completions x {m} tests per style, mode fraction; {os.cpu_count()} CPU cores")
+    print(f"{'style':<7}{'runner':<22}{'seconds':>9}{'completions/s':>15}{'tests/s':>10}{'mean score':>12}")
+    for style, items in code_items(n, m).items():
+        for label, w in (("sequential (inline)", 0), (f"RewardPool({workers} workers)", workers)):
+            with RewardPool("code_tests", workers=w, timeout=60.0) as pool:
+                pool.score(items[:1])  # sandbox start-up (tier probe) outside the timer
+                t0 = time.perf_counter()
+                results, stats = pool.score(items)
+                dt = time.perf_counter() - t0
+            mean = sum(r.score for r in results) / len(results)
+            print(f"{style:<7}{label:<22}{dt:>9.2f}{n / dt:>15.1f}{n * m / dt:>10.1f}{mean:>12.3f}"
+                  + (f"  errors/timeouts {stats}" if stats["errors"] or stats["timeouts"] else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--reward" in argv:
+        ap = argparse.ArgumentParser(description="code_tests reward throughput")
+        ap.add_argument("--reward", choices=["code_tests"], required=True)
+        ap.add_argument("--n", type=int, default=32)
+        ap.add_argument("--tests", type=int, default=8)
+        ap.add_argument("--workers", type=int, default=None)
+        a = ap.parse_args(argv)
+        return code_bench(a.n, a.tests, a.workers)
     rep = _report()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=2000)
