@@ -25,6 +25,7 @@ SETUP = {
     "tcr": ("10", {"num_turns": 2}, -1.0),  # wrong with no tool call: the minimum
     "boxed_numeric": ("10", {}, 0.0),
     "math": ("10", {}, 0.0),
+    "code_tests": ('{"inputs": ["1"], "outputs": ["10"]}', {}, 0.0),  # no fenced program in any: no_code, 0
     "dataset": ("10", {}, 0.0),  # dispatches to the sample's own reward, here math
     # answer-independent format rewards (a box is present / enough newlines): only robustness is checked
     "format_boxed": ("10", {}, (0.0, 1.0)),
