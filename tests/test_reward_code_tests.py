@@ -203,3 +203,32 @@ def test_through_the_reward_pool_workers():
     assert [r.score for r in results] == pytest.approx([1.0, 0.5, 0.0, 0.0, 1.0, 0.5, 0.0, 1.0])
     assert results[3].components["compile_error"] == 1.0 and results[6].components["no_code"] == 1.0
     assert len(set(pids)) == 2 and os.getpid() not in pids
+
+
+def _report_slot(q, go):
+    from scirl.rewards.code_tests import sandbox_pool
+
+    box = sandbox_pool().boxes[0]
+    q.put((box.worker, box.tier.user))
+    go.wait(10)  # hold the slot until both processes have reported
+
+
+@needs_sandbox
+def test_two_reward_processes_get_their_own_sandbox_uid():
+    import multiprocessing as mp
+
+    from scirl.config import SandboxConfig
+
+    ctx = mp.get_context("fork")
+    q, go = ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_report_slot, args=(q, go)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    got = [q.get(timeout=30) for _ in procs]
+    go.set()
+    for p in procs:
+        p.join(10)
+    (w1, u1), (w2, u2) = got
+    assert w1 != w2 and min(w1, w2) >= SandboxConfig().workers  # above the code_interpreter pool's 0 .. workers-1
+    if u1.startswith("scirl-sbx") and u2.startswith("scirl-sbx"):  # dedicated users exist (root, .ci/run)
+        assert u1 != u2
