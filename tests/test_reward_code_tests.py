@@ -136,6 +136,9 @@ def test_function_call_styles_taco_and_leetcode():
     res = code_tests(leet_row(), block(TWO_SUM_FIRST_ONLY), {"mode": "fraction"})
     assert res.score == pytest.approx(2 / 3)
     assert code_tests(leet_row(), block(TWO_SUM_FIRST_ONLY), {}).score == 0.0
+    routed = leet_row()
+    routed.reward = "code_tests"  # a mixture: the `dataset` reward routes the row to its own reward and info
+    assert get_reward("dataset")(routed, block(TWO_SUM_FIRST_ONLY), {"mode": "fraction"}).score == pytest.approx(2 / 3)
 
 
 def test_row_without_tests_is_one_clear_error():
