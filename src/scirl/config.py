@@ -76,6 +76,19 @@ class DataConfig:
 
 
 @dataclass
+class AgentConfig:
+    """Multi-turn rollouts with Hermes tool calls (scirl.agent; on the train and validation engines)."""
+
+    enable: bool = False
+    tools: list = field(default_factory=lambda: ["code_interpreter"])  # built-ins or module:function specs
+    max_turns: int = 16  # model turns per sample
+    max_response_len: int = 0  # tokens across all turns, model + tool (0: rollout.max_new_tokens)
+    max_tool_response_len: int = 2048  # characters of one tool result the model reads
+    tool_timeout: float = 10.0  # seconds per tool call
+    chat_template: str = ""  # a jinja file that replaces the tokenizer's chat template (one that renders tools=)
+
+
+@dataclass
 class RolloutConfig:
     engine: str = "hf"
     n: int = 8  # samples per prompt
@@ -103,6 +116,7 @@ class RolloutConfig:
     # weight sync guard: engine vs trainer log-probs of a fixed probe sequence, every sync_check_freq steps
     sync_check_freq: int = 50  # 0: never
     sync_check_tol: float = 0.05  # mean |log-prob diff| above which the run stops
+    agent: AgentConfig = field(default_factory=AgentConfig)
 
 
 @dataclass

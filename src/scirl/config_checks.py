@@ -56,6 +56,7 @@ def validate(cfg: Config) -> None:
     _check_data(cfg)
     check_quantization(cfg)
     _check_distill(cfg)
+    _check_agent(cfg)
 
     if a.adv_estimator in GROUP_ESTIMATORS and r.n < 2:
         raise ScirlError(f"rollout.n={r.n}: {a.adv_estimator} needs at least 2 samples per prompt (set rollout.n >= 2)")
@@ -70,6 +71,24 @@ def validate(cfg: Config) -> None:
         raise ScirlError("algorithm.filter_groups.enable needs rollout.n >= 2 (a group of one has no spread)")
     if ob.enable and ob.len > r.max_new_tokens:
         raise ScirlError(f"reward.overlong_buffer.len={ob.len} must be <= rollout.max_new_tokens={r.max_new_tokens}")
+
+
+def _check_agent(cfg: Config) -> None:
+    """rollout.agent: the tools exist (one line listing the known ones), the chat_template file exists and, when
+    the agent is on, renders the tools' schemas (a template that ignores tools= is refused here; the tokenizer's own
+    template is checked when the run builds, train/build.py)."""
+    from scirl.agent.engine import check_template_renders_tools, read_chat_template
+    from scirl.agent.tools import resolve_tools
+
+    ag = cfg.rollout.agent
+    template = read_chat_template(ag.chat_template) if ag.chat_template else None
+    if not ag.enable:
+        return
+    if not ag.tools:
+        raise ScirlError("rollout.agent.tools is empty: name at least one tool (e.g. [code_interpreter])")
+    tools = resolve_tools(list(ag.tools))
+    if template is not None:
+        check_template_renders_tools(template, tools, f"rollout.agent.chat_template={ag.chat_template!r}")
 
 
 def _check_loggers(cfg: Config) -> None:

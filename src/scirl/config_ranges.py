@@ -69,6 +69,8 @@ RANGES: dict[str, Range] = {
     "rollout.hf_max_batch_size": COUNT,
     "rollout.max_model_len": NON_NEG, "rollout.max_concurrency": COUNT, "rollout.request_timeout": above(0),
     "rollout.max_retries": NON_NEG, "rollout.sync_check_freq": NON_NEG, "rollout.sync_check_tol": above(0),
+    "rollout.agent.max_turns": COUNT, "rollout.agent.max_response_len": at_least(0, "0 means rollout.max_new_tokens"),
+    "rollout.agent.max_tool_response_len": COUNT, "rollout.agent.tool_timeout": above(0),
     "reward.workers": NON_NEG, "reward.timeout": above(0),
     "reward.overlong_buffer.len": COUNT, "reward.overlong_buffer.penalty_factor": NON_NEG,
     "algorithm.gamma": UNIT,
