@@ -48,7 +48,7 @@ class Trajectories:
             response_mask=self.response_mask[idx], rollout_logprobs=self.rollout_logprobs[idx],
             uid=[self.uid[i] for i in rows], sample_index=[self.sample_index[i] for i in rows],
             truncated=self.truncated[idx], texts=[self.texts[i] for i in rows] if self.texts else [],
-            pad_id=self.pad_id,
+            pad_id=self.pad_id, extra={k: _pick(v, rows, idx) for k, v in self.extra.items()},
         )
 
     @staticmethod
@@ -76,12 +76,33 @@ class Trajectories:
             sample_index=[s for p in parts for s in p.sample_index],
             truncated=torch.cat([p.truncated for p in parts]),
             texts=[t for p in parts for t in p.texts],
-            pad_id=pad_id,
+            pad_id=pad_id, extra=_join_extra(parts),
         )
 
     @property
     def response_lengths(self) -> torch.Tensor:
         return self.response_mask.sum(-1)
+
+
+def _pick(value: Any, rows: list[int], idx: torch.Tensor) -> Any:
+    """Rows of one per-row `extra` value (a tensor or a list; anything else is kept as is)."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0:
+        return value[idx]
+    if isinstance(value, list):
+        return [value[i] for i in rows]
+    return value
+
+
+def _join_extra(parts: list["Trajectories"]) -> dict[str, Any]:
+    """The per-row `extra` values every part has (1-D tensors or lists), joined in order; others are dropped."""
+    out: dict[str, Any] = {}
+    for key in set.intersection(*(set(p.extra) for p in parts)):
+        values = [p.extra[key] for p in parts]
+        if all(isinstance(v, torch.Tensor) and v.dim() == 1 for v in values):
+            out[key] = torch.cat(values)
+        elif all(isinstance(v, list) for v in values):
+            out[key] = [x for v in values for x in v]
+    return out
 
 
 class RolloutEngine(Protocol):
