@@ -75,9 +75,10 @@ def load_prompt_set(d, role: str, spec: str | None = None, size: int | None = No
                      stats={"loaded": loaded, "duplicates": duplicates}, notes=notes)
 
 
-def tokenize_prompt_set(ps: PromptSet, tokenizer, d, key: str) -> PromptSet:
+def tokenize_prompt_set(ps: PromptSet, tokenizer, d, key: str, tools: list[dict] | None = None) -> PromptSet:
+    """Chat-template the prompts (with the tools' schemas when `tools`, rollout.agent)."""
     ps.samples, ps.ids, over = tokenize_prompts(ps.samples, tokenizer, d.max_prompt_length, d.enable_thinking, key,
-                                                d.truncation)
+                                                d.truncation, tools)
     ps.stats["too_long_" + ("dropped" if d.truncation == "drop" else "truncated")] = over
     ps.stats["prompts"] = len(ps.samples)
     return ps

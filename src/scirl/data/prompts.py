@@ -99,14 +99,16 @@ def dedup_by_prompt(samples: list[Sample]) -> tuple[list[Sample], int]:
     return kept, len(samples) - len(kept)
 
 
-def chat_ids(tokenizer, messages, enable_thinking: bool) -> list[int]:
+def chat_ids(tokenizer, messages, enable_thinking: bool, tools: list[dict] | None = None) -> list[int]:
+    """Prompt ids; `tools` (JSON schemas, rollout.agent) go to the chat template's own `tools=` argument."""
+    kwargs = {"tools": tools} if tools else {}
     out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                        enable_thinking=enable_thinking)
+                                        enable_thinking=enable_thinking, **kwargs)
     return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 
 def tokenize_prompts(samples: list[Sample], tokenizer, max_len: int, enable_thinking: bool, key: str,
-                     truncation: str = "drop"):
+                     truncation: str = "drop", tools: list[dict] | None = None):
     """Chat-template each prompt. Too long: dropped and counted, cut (left/right) and counted, or an error.
 
     Returns (kept samples, their token ids, number dropped or cut)."""
@@ -114,7 +116,7 @@ def tokenize_prompts(samples: list[Sample], tokenizer, max_len: int, enable_thin
         raise ScirlError(f"data.truncation: unknown mode {truncation!r}; expected one of {', '.join(TRUNCATION_MODES)}")
     kept, ids, over = [], [], 0
     for s in samples:
-        tokens = chat_ids(tokenizer, s.messages, enable_thinking)
+        tokens = chat_ids(tokenizer, s.messages, enable_thinking, tools)
         if len(tokens) > max_len:
             over += 1
             if truncation == "drop":

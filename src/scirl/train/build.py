@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from scirl import dist
+from scirl.agent.engine import setup_agent, wrap_engine
 from scirl.algos import make_kl_controller
 from scirl.config import Config
 from scirl.data.pipeline import load_prompt_set, make_sampler, require_rewards, tokenize_prompt_set
@@ -45,6 +46,7 @@ class RunParts:
     sharded: bool
     rollout_model: torch.nn.Module  # the module with full weights that model/ is saved from (the policy, unsharded)
     val_engine: RolloutEngine | None = None  # validation's engine when rollout.val_engine names another one
+    sandbox: object | None = None  # the SandboxPool behind code_interpreter (rollout.agent), closed with the run
 
     @property
     def validation_engine(self) -> RolloutEngine:
@@ -68,6 +70,11 @@ class RunParts:
         for engine in (self.val_engine, self.engine):
             if engine is not None:
                 engine.close()
+        if self.sandbox is not None:  # code_interpreter no longer runs programs in this run's pool
+            from scirl.agent.tools import set_code_runner
+
+            set_code_runner(None)
+            getattr(self.sandbox, "close", lambda: None)()
 
 
 def build_run(cfg: Config, init_path: str) -> RunParts:
@@ -86,8 +93,12 @@ def build_run(cfg: Config, init_path: str) -> RunParts:
         # init_weights_path gives model.path)
         model = apply_lora(model, cfg.model.lora)
         same_adapter_on_all_ranks(model)  # before the rollout copy and the sharding
-    train_ps = tokenize_prompt_set(train_ps, tokenizer, d, "data.train")
-    val_ps = tokenize_prompt_set(val_ps, tokenizer, d, "data.val")
+    tools, sandbox, schemas = [], None, None
+    if cfg.rollout.agent.enable:  # the chat template override, the tools, the sandbox behind code_interpreter
+        tools, sandbox = setup_agent(cfg, tokenizer)
+        schemas = [tool.schema for tool in tools]
+    train_ps = tokenize_prompt_set(train_ps, tokenizer, d, "data.train", schemas)
+    val_ps = tokenize_prompt_set(val_ps, tokenizer, d, "data.val", schemas)
     reference = None
     needs_reference = cfg.actor.use_kl_loss or cfg.algorithm.use_kl_in_reward or cfg.distill.teacher == "reference"
     if needs_reference and lora_on(cfg):
@@ -124,8 +135,11 @@ def build_run(cfg: Config, init_path: str) -> RunParts:
     val_engine = None
     if r.val_engine and r.val_engine != r.engine:
         val_engine = make_engine(r.val_engine, cfg, rollout_model, tokenizer, init_folder, not sharded)
+    if cfg.rollout.agent.enable:  # multi-turn rollouts with tool calls, on both engines
+        engine = wrap_engine(cfg, engine, tokenizer, tools)
+        val_engine = val_engine and wrap_engine(cfg, val_engine, tokenizer, tools)
     # an engine with weights of its own (vLLM, a server, the rollout copy under FSDP) gets them after every step
     actor.push_weights = any(not e.shares_module for e in (engine, val_engine) if e is not None)
     sampler = make_sampler(train_ps, d.train_batch_size, d.seed, d.shuffle)
     return RunParts(cfg, model, tokenizer, actor, engine, reference, teacher, kl_ctrl, pool, sampler, train_ps,
-                    val_ps, sharded, rollout_model, val_engine)
+                    val_ps, sharded, rollout_model, val_engine, sandbox)

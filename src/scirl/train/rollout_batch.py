@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from scirl import dist
+from scirl.agent.engine import answer_texts, reward_info
+from scirl.agent.rollout import agent_metrics
 from scirl.algos import filter_groups, overlong_penalty
 from scirl.errors import ScirlError
 from scirl.log.console import console
@@ -43,8 +45,9 @@ def generate_and_score(ctx, tag: str) -> RolloutBatch:
     sampling = SamplingParams(cfg.rollout.n, cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.max_new_tokens)
     uids = [f"{tag}:{i}" for i in range(len(samples))]
 
-    def items_of(traj: Trajectories) -> list:
-        return [(samples[int(u.split(":")[1])], text, dict(cfg.reward.kwargs)) for u, text in zip(traj.uid, traj.texts)]
+    def items_of(traj: Trajectories) -> list:  # under an agent: the last model turn, and the turn counts as info
+        return [(samples[int(u.split(":")[1])], text, {**cfg.reward.kwargs, **reward_info(traj, i)})
+                for i, (u, text) in enumerate(zip(traj.uid, answer_texts(traj)))]
 
     out = sample_and_score(ctx.engine, ctx.reward_pool, prompt_ids, uids, sampling, items_of, cfg.reward.overlap)
     traj, results, stats = out.traj, out.results, out.stats
@@ -147,4 +150,5 @@ def batch_metrics(batch: RolloutBatch, cfg) -> dict[str, float]:
         "response/truncated_frac": traj.truncated.float().mean().item(),
         **({"reward/overlong_penalty_mean": overlong_shaping(cfg, traj).mean().item()}
            if cfg.reward.overlong_buffer.enable else {}),
+        **(agent_metrics(traj.extra["agent_stats"]) if "agent_stats" in traj.extra else {}),
     }
