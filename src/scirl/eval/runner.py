@@ -9,6 +9,9 @@ from pathlib import Path
 import torch
 
 from scirl import dist
+from scirl.agent.engine import answer_texts
+from scirl.agent.engine import reward_info as agent_info
+from scirl.agent.rollout import AgentStats, agent_metrics
 from scirl.data.sample import Sample
 from scirl.eval.metrics import compute_eval_metrics
 from scirl.eval.samples import add_grading_fields, rows_text
@@ -26,8 +29,9 @@ def generate_and_grade(engine, pool, samples: list[Sample], prompt_ids: list[lis
     engine generates the next ones (rewards/overlap.py); the records are the same either way."""
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
 
-    def items_of(traj) -> list:
-        return [(samples[int(u)], text, dict(reward_info or {})) for u, text in zip(traj.uid, traj.texts)]
+    def items_of(traj) -> list:  # under an agent: the last model turn, and the turn counts as info
+        return [(samples[int(u)], text, {**(reward_info or {}), **agent_info(traj, i)})
+                for i, (u, text) in enumerate(zip(traj.uid, answer_texts(traj)))]
 
     with torch.random.fork_rng(devices=devices):  # the whole stream: the engine samples until it ends
         torch.manual_seed(seed)
@@ -46,6 +50,9 @@ def generate_and_grade(engine, pool, samples: list[Sample], prompt_ids: list[lis
          "correct": bool(r.score >= s.metadata.get("correct_threshold", 0.5))}
         for s, j, text, r in zip(rows, traj.sample_index, traj.texts, results)
     ]
+    for record, st in zip(records, traj.extra.get("agent_stats", [])):  # what the agent did, per sample
+        record.update(num_turns=st.num_turns, num_tool_calls=st.num_tool_calls, tool_errors=st.tool_errors,
+                      truncated_by_turns=st.truncated_by_turns, tool_latency=st.latency)
     stats = {**stats, "truncated": int(traj.truncated.sum()),
              "response_tokens": int(traj.response_mask.sum())}
     return records, stats
@@ -68,7 +75,25 @@ def evaluate(engine, pool, samples: list[Sample], prompt_ids: list[list[int]], s
     add_grading_fields(records, samples)  # the rows can be regraded: scirl eval --from-samples ... --reward NAME
     report = compute_eval_metrics(records, dataset)
     report["reward_timeouts"] = stats.get("timeouts", 0)
+    if records and all("num_turns" in r for r in records):
+        report["agent"] = agent_report(records)
     return report, records
+
+
+def agent_report(records: list[dict]) -> dict:
+    """The eval JSON's "agent" block: agent_metrics (without the "agent/" prefix) + `tool_call_rate` (fraction of
+    samples with at least one tool call), over all samples ("overall") and per data source ("by_source")."""
+    def block(rs: list[dict]) -> dict:
+        stats = [AgentStats(r["num_turns"], r["num_tool_calls"], r["tool_errors"], r["truncated_by_turns"],
+                            latency=r.get("tool_latency") or {}) for r in rs]
+        out = {k.removeprefix("agent/"): v for k, v in agent_metrics(stats).items()}
+        out["tool_call_rate"] = sum(r["num_tool_calls"] > 0 for r in rs) / len(rs)
+        return out
+
+    by_source: dict[str, list[dict]] = {}
+    for r in records:
+        by_source.setdefault(str(r["data_source"]), []).append(r)
+    return {"overall": block(records), "by_source": {src: block(rs) for src, rs in by_source.items()}}
 
 
 def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:

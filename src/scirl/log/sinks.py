@@ -37,6 +37,8 @@ def eval_metrics(report: dict) -> dict:
         for k, v in metrics.items():
             out[f"val/{source}/{k}"] = v
             out[f"val-core/{source}/reward/{k}"] = v
+    out.update({f"val/agent/{k}": v for k, v in report.get("agent", {}).get("overall", {}).items()
+                if isinstance(v, (int, float))})  # multi-turn runs: val/agent/num_turns_mean, ...
     return out
 
 
