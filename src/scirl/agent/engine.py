@@ -110,7 +110,8 @@ def tool_rounds(spans: list[tuple[int, int]], length: int) -> int:
 
 def reward_info(traj: Trajectories, i: int) -> dict:
     """The agent's keys of row i's reward `info` (empty for a single-turn batch)."""
-    if "tool_rounds" not in traj.extra:
+    extra = getattr(traj, "extra", {})  # test doubles of a batch may have none
+    if "tool_rounds" not in extra:
         return {}
     return {"num_turns": 2 + 2 * int(traj.extra["tool_rounds"][i]),
             "num_tool_calls": int(traj.extra["num_tool_calls"][i]), "tool_errors": int(traj.extra["tool_errors"][i])}
@@ -118,7 +119,7 @@ def reward_info(traj: Trajectories, i: int) -> dict:
 
 def answer_texts(traj: Trajectories) -> list[str]:
     """What rewards grade: each row's last model turn under an agent, else the response."""
-    return traj.extra.get("answer_texts") or traj.texts
+    return getattr(traj, "extra", {}).get("answer_texts") or traj.texts
 
 
 def setup_agent(cfg, tokenizer) -> tuple[list[Tool], Any]:

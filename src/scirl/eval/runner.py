@@ -50,7 +50,7 @@ def generate_and_grade(engine, pool, samples: list[Sample], prompt_ids: list[lis
          "correct": bool(r.score >= s.metadata.get("correct_threshold", 0.5))}
         for s, j, text, r in zip(rows, traj.sample_index, traj.texts, results)
     ]
-    for record, st in zip(records, traj.extra.get("agent_stats", [])):  # what the agent did, per sample
+    for record, st in zip(records, getattr(traj, "extra", {}).get("agent_stats", [])):  # what the agent did, per sample
         record.update(num_turns=st.num_turns, num_tool_calls=st.num_tool_calls, tool_errors=st.tool_errors,
                       truncated_by_turns=st.truncated_by_turns, tool_latency=st.latency)
     stats = {**stats, "truncated": int(traj.truncated.sum()),
