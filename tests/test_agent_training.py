@@ -140,3 +140,26 @@ def test_tool_path_through_the_trainer(tmp_path, monkeypatch):
         assert rec["score"] == (0.4 if rec["sample"] % 2 == 0 else 0.2)
         if rec["num_tool_calls"]:
             assert "7006652" in rec["response"].split("<tool_call>")[-1] and len(rec["response"]) > len(ANSWER) + 40
+
+
+def test_select_and_concat_carry_extra_and_tool_rounds_count_gaps():
+    import torch
+
+    from scirl.agent.engine import model_spans, tool_rounds
+    from scirl.rollout.base import Trajectories
+
+    def traj(uids, turns):
+        b = len(uids)
+        return Trajectories(torch.zeros(b, 2, dtype=torch.long), torch.ones(b, 2, dtype=torch.long),
+                            torch.zeros(b, 3, dtype=torch.long), torch.ones(b, 3), torch.zeros(b, 3), list(uids),
+                            [0] * b, torch.zeros(b, dtype=torch.bool), list(uids),
+                            extra={"num_turns": torch.tensor(turns), "agent_stats": [f"s{t}" for t in turns]})
+
+    both = Trajectories.concat([traj("ab", [1, 2]), traj("c", [3])])
+    assert both.extra["num_turns"].tolist() == [1, 2, 3] and both.extra["agent_stats"] == ["s1", "s2", "s3"]
+    picked = both.select([2, 0])
+    assert picked.extra["num_turns"].tolist() == [3, 1] and picked.extra["agent_stats"] == ["s3", "s1"]
+    # model runs [0,2) and [4,5): one tool turn between; a row cut inside its second tool turn has two
+    mask = torch.tensor([1.0, 1, 0, 0, 1, 0, 0])
+    assert model_spans(mask, 5) == [(0, 2), (4, 5)] and tool_rounds(model_spans(mask, 5), 5) == 1
+    assert tool_rounds(model_spans(mask, 7), 7) == 2 and tool_rounds(model_spans(mask[:2], 2), 2) == 0
