@@ -163,3 +163,17 @@ def test_select_and_concat_carry_extra_and_tool_rounds_count_gaps():
     mask = torch.tensor([1.0, 1, 0, 0, 1, 0, 0])
     assert model_spans(mask, 5) == [(0, 2), (4, 5)] and tool_rounds(model_spans(mask, 5), 5) == 1
     assert tool_rounds(model_spans(mask, 7), 7) == 2 and tool_rounds(model_spans(mask[:2], 2), 2) == 0
+
+
+def test_overlong_penalty_under_the_agent_measures_the_whole_conversation(tmp_path):
+    import torch
+
+    from scirl.train.rollout_batch import overlong_shaping
+
+    over = {**AGENT, "reward.overlong_buffer.enable": "true", "reward.overlong_buffer.len": 100,
+            "rollout.agent.max_response_len": 400}
+    cfg = load_config(None, small_overrides(tmp_path, **over))  # buffer 100 > max_new_tokens 24: fine under the agent
+    traj = type("T", (), {"extra": {"response_len": torch.tensor([300, 350, 400])}, "__len__": lambda s: 3})()
+    assert overlong_shaping(cfg, traj).tolist() == [0.0, -0.5, -1.0]
+    with pytest.raises(ScirlError, match="rollout.agent.max_response_len=50"):
+        load_config(None, small_overrides(tmp_path, **{**over, "rollout.agent.max_response_len": 50}))

@@ -69,7 +69,10 @@ def validate(cfg: Config) -> None:
     _check_policy_loss(cfg)
     if fg.enable and r.n < 2:
         raise ScirlError("algorithm.filter_groups.enable needs rollout.n >= 2 (a group of one has no spread)")
-    if ob.enable and ob.len > r.max_new_tokens:
+    if ob.enable and r.agent.enable and r.agent.max_response_len and ob.len > r.agent.max_response_len:
+        raise ScirlError(f"reward.overlong_buffer.len={ob.len} must be <= "
+                         f"rollout.agent.max_response_len={r.agent.max_response_len}")
+    if ob.enable and not (r.agent.enable and r.agent.max_response_len) and ob.len > r.max_new_tokens:
         raise ScirlError(f"reward.overlong_buffer.len={ob.len} must be <= rollout.max_new_tokens={r.max_new_tokens}")
 
 

@@ -67,10 +67,15 @@ def generate_and_score(ctx, tag: str) -> RolloutBatch:
 
 
 def overlong_shaping(cfg, traj: Trajectories) -> torch.Tensor:
-    """DAPO's soft overlong penalty per response (zeros when reward.overlong_buffer is off)."""
+    """DAPO's soft overlong penalty per response (zeros when reward.overlong_buffer is off). Under rollout.agent
+    the length is the whole conversation's (model + tool tokens) against the agent's max_response_len, as verl
+    measures a multi-turn response."""
     ob = cfg.reward.overlong_buffer
     if not ob.enable:
         return torch.zeros(len(traj))
+    if "response_len" in traj.extra and cfg.rollout.agent.enable:
+        limit = cfg.rollout.agent.max_response_len or cfg.rollout.max_new_tokens
+        return overlong_penalty(traj.extra["response_len"], limit, ob.len, ob.penalty_factor)
     return overlong_penalty(traj.response_lengths, cfg.rollout.max_new_tokens, ob.len, ob.penalty_factor)
 
 
