@@ -19,7 +19,7 @@ from scirl.rollout.assemble import Sample, to_trajectories
 TEMPLATE = str(Path(__file__).parent / "helpers" / "qwen3_chat_template.jinja")
 AGENT = {"rollout.agent.enable": "true", "rollout.agent.tools": "[calculator]", "rollout.agent.chat_template": TEMPLATE,
          "rollout.agent.max_turns": 3, "data.train_batch_size": 2, "actor.ppo_mini_batch_size": 2,
-         "rollout.n": 2, "rollout.val_n": 2, "data.val_size": 2, "rollout.max_new_tokens": 24,
+         "rollout.n": 2, "rollout.val_n": 2, "data.val_size": 1, "rollout.max_new_tokens": 16,
          "data.max_prompt_length": 700}  # the tools block of the system prompt is ~520 of the tiny vocabulary's tokens
 CALL = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "1234*5678"}}\n</tool_call>'
 ANSWER = "The answer is \\boxed{7006652}."

@@ -73,7 +73,7 @@ def overlong_shaping(cfg, traj: Trajectories) -> torch.Tensor:
     ob = cfg.reward.overlong_buffer
     if not ob.enable:
         return torch.zeros(len(traj))
-    if "response_len" in traj.extra and cfg.rollout.agent.enable:
+    if cfg.rollout.agent.enable and "response_len" in getattr(traj, "extra", {}):
         limit = cfg.rollout.agent.max_response_len or cfg.rollout.max_new_tokens
         return overlong_penalty(traj.extra["response_len"], limit, ob.len, ob.penalty_factor)
     return overlong_penalty(traj.response_lengths, cfg.rollout.max_new_tokens, ob.len, ob.penalty_factor)
