@@ -16,7 +16,7 @@ from scirl.agent.engine import setup_agent, wrap_engine
 from scirl.algos import make_kl_controller
 from scirl.config import Config
 from scirl.data.pipeline import load_prompt_set, make_sampler, require_rewards, tokenize_prompt_set
-from scirl.rewards import RewardPool
+from scirl.rewards import RewardPool, code_tests
 from scirl.rollout import make_engine
 from scirl.rollout.base import RolloutEngine
 from scirl.train.actor import Actor
@@ -85,6 +85,7 @@ def build_run(cfg: Config, init_path: str) -> RunParts:
     require_rewards(train_ps.samples, cfg.reward.name, "data.train")
     require_rewards(val_ps.samples, cfg.reward.name, "data.val")
     # reward workers are forked before the model and tokenizer spin up their threads
+    code_tests.configure(cfg.sandbox)  # the sandbox limits a code reward's workers run candidates under
     pool = RewardPool(cfg.reward.name, workers=cfg.reward.workers, timeout=cfg.reward.timeout)
     device = pick_device(t.device)
     model, tokenizer = load_model_and_tokenizer(init_path, cfg.model.dtype, device, cfg.model.attn_implementation,
