@@ -36,6 +36,17 @@ def spawn_two_ranks(worker, tmp, out):
     return torch.load(out, weights_only=False)
 
 
+def check_card_line(card_glob: str, recipe, line: str, check) -> None:
+    """A recipe test's card line: the quoted text is on the seed card (when the reference folder sits beside the
+    checkout) and `check` holds on the recipe's resolved config."""
+    from scirl.config import load_config
+
+    cards = sorted((REPO.parent / "shared" / "reference" / "seeds").glob(card_glob))
+    if cards:
+        assert line in cards[0].read_text(), f"not on the card: {line}"
+    assert check(load_config(recipe)), line
+
+
 def small_overrides(tmp_path, **extra) -> list[str]:
     base = {
         "trainer.output_dir": str(tmp_path), "trainer.run_name": "t", "trainer.total_steps": 2,

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import check_card_line
 from scirl.config import load_config
 from scirl.data.datasets import parse_sources
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "grpo_tcr.yaml"
-CARDS = REPO.parent / "shared" / "reference" / "seeds"
 
 # (line of the card, what it sets)
 CARD = [
@@ -52,10 +52,7 @@ CARD = [
 
 @pytest.mark.parametrize("line, check", CARD, ids=[line for line, _ in CARD])
 def test_recipe_matches_the_card_line(line, check):
-    cards = sorted(CARDS.glob("004_*.txt"))
-    if cards:  # the quoted line really is on the card (the reference folder sits beside the checkout)
-        assert line in cards[0].read_text(), f"not on the card: {line}"
-    assert check(load_config(RECIPE)), line
+    check_card_line("004_*.txt", RECIPE, line, check)
 
 
 def test_overlong_and_tcr_numbers_under_the_agent():

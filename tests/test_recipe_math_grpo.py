@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import check_card_line
 from scirl.config import load_config
 from scirl.data.datasets import get_dataset_for, parse_sources
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "math_grpo_dapo.yaml"
-CARDS = REPO.parent / "shared" / "reference" / "seeds"
 
 # (line of the card, what it sets): each line is quoted verbatim from ../shared/reference/seeds/001_*.txt
 CARD = [
@@ -41,10 +41,7 @@ CARD = [
 
 @pytest.mark.parametrize("line, check", CARD, ids=[line for line, _ in CARD])
 def test_recipe_matches_the_card_line(line, check):
-    cards = sorted(CARDS.glob("001_*.txt"))
-    if cards:  # the quoted line really is on the card (the reference folder sits beside the checkout)
-        assert line in cards[0].read_text(), f"not on the card: {line}"
-    assert check(load_config(RECIPE)), line
+    check_card_line("001_*.txt", RECIPE, line, check)
 
 
 def test_recipe_keys_from_grpo_sh():

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import check_card_line
 from scirl.config import load_config
 from scirl.data.datasets import parse_sources
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "phybench_grpo_qlora.yaml"
-CARDS = REPO.parent / "shared" / "reference" / "seeds"
 
 
 def _component(c, name):
@@ -50,10 +50,7 @@ CARD = [
 
 @pytest.mark.parametrize("line, check", CARD, ids=[line for line, _ in CARD])
 def test_recipe_matches_the_card_line(line, check):
-    cards = sorted(CARDS.glob("002_*.txt"))
-    if cards:  # the quoted text really is on the card (the reference folder sits beside the checkout)
-        assert line in cards[0].read_text(), f"not on the card: {line}"
-    assert check(load_config(RECIPE)), line
+    check_card_line("002_*.txt", RECIPE, line, check)
 
 
 def test_the_reward_is_the_composite_of_exactly_the_three_parts():
