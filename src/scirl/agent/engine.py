@@ -143,7 +143,13 @@ def setup_agent(cfg, tokenizer) -> tuple[list[Tool], Any]:
     return tools, pool
 
 
+def response_budget(cfg) -> int:
+    """Tokens a multi-turn response may hold, model and tool tokens together (rollout.agent.max_response_len; 0
+    means rollout.max_new_tokens)."""
+    return cfg.rollout.agent.max_response_len or cfg.rollout.max_new_tokens
+
+
 def wrap_engine(cfg, engine, tokenizer, tools: Sequence[Tool]) -> AgentEngine:
     ag = cfg.rollout.agent
-    return AgentEngine(engine, tokenizer, tools, ag.max_turns, ag.max_response_len or cfg.rollout.max_new_tokens,
+    return AgentEngine(engine, tokenizer, tools, ag.max_turns, response_budget(cfg),
                        ag.max_tool_response_len, ag.tool_timeout, enable_thinking=cfg.data.enable_thinking)

@@ -74,7 +74,6 @@ class RunParts:
             from scirl.agent.tools import set_code_runner
 
             set_code_runner(None)
-            getattr(self.sandbox, "close", lambda: None)()
 
 
 def build_run(cfg: Config, init_path: str) -> RunParts:

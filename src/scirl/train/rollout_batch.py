@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from scirl import dist
-from scirl.agent.engine import answer_texts, reward_info
+from scirl.agent.engine import answer_texts, response_budget, reward_info
 from scirl.agent.rollout import agent_metrics
 from scirl.algos import filter_groups, overlong_penalty
 from scirl.errors import ScirlError
@@ -74,8 +74,7 @@ def overlong_shaping(cfg, traj: Trajectories) -> torch.Tensor:
     if not ob.enable:
         return torch.zeros(len(traj))
     if cfg.rollout.agent.enable and "response_len" in getattr(traj, "extra", {}):
-        limit = cfg.rollout.agent.max_response_len or cfg.rollout.max_new_tokens
-        return overlong_penalty(traj.extra["response_len"], limit, ob.len, ob.penalty_factor)
+        return overlong_penalty(traj.extra["response_len"], response_budget(cfg), ob.len, ob.penalty_factor)
     return overlong_penalty(traj.response_lengths, cfg.rollout.max_new_tokens, ob.len, ob.penalty_factor)
 
 
