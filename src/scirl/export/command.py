@@ -105,22 +105,18 @@ def _export_lora(ckpt: Path, ns) -> int:
     meta = ckpt / "hf_meta" if (ckpt / "hf_meta" / "config.json").is_file() else find_source(ckpt).meta
     with progress(2 if ns.adapter_only else 3, "export", "stages", info="load base and adapter") as bar:
         peft_model, base = load_base_and_adapter(ckpt)
-        if ns.adapter_only:
-            bar.advance(info="write adapter folder")
-            out = write_hf_folder(peft_model, meta, Path(ns.output), DTYPES[ns.dtype], ns.force)
-            bar.advance(info="done")
-        else:
+        model = peft_model
+        if not ns.adapter_only:
             bar.advance(info="merge adapter")
             model = merged_model(peft_model)
-            bar.advance(info="write HF folder")
-            out = write_hf_folder(model, meta, Path(ns.output), DTYPES[ns.dtype], ns.force)
-            bar.advance(info="done")
+        bar.advance(info="write adapter folder" if ns.adapter_only else "write HF folder")
+        out = write_hf_folder(model, meta, Path(ns.output), DTYPES[ns.dtype], ns.force)
+        bar.advance(info="done")
     if ns.adapter_only:
         n = sum(p.numel() for name, p in peft_model.named_parameters() if "lora_" in name)
         print(f"exported the adapter of {ckpt} (base {base}) -> {out}: {n} adapter parameters, {ns.dtype}")
-        _write_card_into(ckpt, out)
-        return 0
-    print(f"exported {ckpt} (base {base} + LoRA adapter, merged) -> {out}: {_count(model)}, {ns.dtype}")
+    else:
+        print(f"exported {ckpt} (base {base} + LoRA adapter, merged) -> {out}: {_count(model)}, {ns.dtype}")
     _write_card_into(ckpt, out)
     return 0
 

@@ -48,23 +48,22 @@ def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "c
     hub = {} if Path(resolved).exists() else hub_kwargs(resolved, key)  # fail fast when the hub is unreachable
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved, **hub)
+        four_bit = {}
         if quantization is not None and quantization.load_in_4bit:
-            from scirl.train.quantize import bnb_config, prepare_4bit_base
+            from scirl.train.quantize import bnb_config
 
-            model = AutoModelForCausalLM.from_pretrained(resolved, dtype=DTYPES[dtype], attn_implementation=attn,
-                                                         quantization_config=bnb_config(quantization),
-                                                         device_map={"": device}, **hub)
-            model = prepare_4bit_base(model)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(resolved, dtype=DTYPES[dtype], attn_implementation=attn,
-                                                         **hub)
+            four_bit = {"quantization_config": bnb_config(quantization), "device_map": {"": device}}
+        model = AutoModelForCausalLM.from_pretrained(resolved, dtype=DTYPES[dtype], attn_implementation=attn,
+                                                     **four_bit, **hub)
     except OSError as e:  # missing files, a repo that does not exist...
         raise ScirlError(f"{key}: cannot load '{path}': {str(e).splitlines()[0]}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if quantization is None or not quantization.load_in_4bit:
-        model = model.to(device)
-    return model, tokenizer
+    if four_bit:  # placed on `device` by device_map; the 4-bit layers cannot be moved after loading
+        from scirl.train.quantize import prepare_4bit_base
+
+        return prepare_4bit_base(model), tokenizer
+    return model.to(device), tokenizer
 
 
 def pick_device(choice: str) -> str:
