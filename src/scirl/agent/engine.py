@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
+from scirl.agent.hermes import tools_missing_from
 from scirl.agent.rollout import multi_turn_generate
 from scirl.agent.tools import Tool, resolve_tools
 from scirl.errors import ScirlError
@@ -47,7 +48,7 @@ def check_template_renders_tools(template: str, tools: Sequence[Tool], label: st
                                             chat_template=template, add_generation_prompt=True)
     except Exception as e:  # noqa: BLE001 - a broken template: one line
         raise ScirlError(f"{label}: the template does not render ({type(e).__name__}: {str(e)[:200]})") from None
-    missing = [t.name for t in tools if f'"{t.name}"' not in rendered[0]]
+    missing = tools_missing_from(rendered[0], tools)
     if missing:
         raise ScirlError(f"{label}: the chat template ignores tools= (the schema of {missing[0]!r} is not in the "
                          "rendered prompt); set rollout.agent.chat_template to one that renders tools (e.g. Qwen3's)")

@@ -246,13 +246,18 @@ def _ids(out: Any) -> list[int]:
     return list(out)
 
 
+def tools_missing_from(rendered: str, tools: Sequence[Tool]) -> list[str]:
+    """Names of the tools whose schema a rendered prompt does not show (a template that ignores tools=)."""
+    return [t.name for t in tools if f'"{t.name}"' not in rendered]
+
+
 def render_tools_prompt(tokenizer: Any, messages: list[dict], tools: Sequence[Tool], **template_kwargs: Any
                         ) -> list[int]:
     """Prompt token ids with the tools' schemas rendered by the chat template's own `tools=` argument."""
     schemas = [t.schema for t in tools]
     text = tokenizer.apply_chat_template(messages, tools=schemas or None, add_generation_prompt=True,
                                          tokenize=False, **template_kwargs)
-    missing = [t.name for t in tools if f'"{t.name}"' not in text]
+    missing = tools_missing_from(text, tools)
     if missing:
         raise ScirlError(f"the chat template of {getattr(tokenizer, 'name_or_path', 'this tokenizer')!r} ignores "
                          f"tools= (the schema of {missing[0]!r} is not in the rendered prompt): use a model whose "
