@@ -34,6 +34,20 @@ def tiny_physics(req: LoadRequest) -> list[Sample]:
     return samples
 
 
+@register_dataset("tiny_tools", reward="tcr", template="plain", variants=("auto", "train", "val"),
+                  description="the seeded synthetic tool task: products of two 4-digit numbers (calculator)")
+def tiny_tools(req: LoadRequest) -> list[Sample]:
+    """Variant `auto` takes the train split for training and the val split otherwise."""
+    from scirl.data.synthetic_tools import make_problems
+
+    split = req.variant if req.variant in ("train", "val") else ("train" if req.role == "train" else "val")
+    size = req.size if req.size is not None else SYNTHETIC_DEFAULT_SIZE.get(req.role, 64)
+    samples = make_problems(split, size, seed=req.seed)
+    for s in samples:
+        s.problem = s.messages[0]["content"]
+    return samples
+
+
 # ------------------------------------------------------------------------------------------------ plumbing
 @dataclass(frozen=True)
 class Hub:
