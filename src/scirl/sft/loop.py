@@ -174,9 +174,18 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop, tokenizer, train, v
     t, run_dir, main = cfg.trainer, cfg.run_dir, dist.is_main()
     torch.manual_seed(t.seed)
     device = pick_device(t.device)
-    model = _build_model(cfg, start, device)
-    params, optimizer, scheduler = _optimizer(model, cfg)
-    skipped = _restore(start, cfg, model, optimizer, scheduler) if start.state else 0
+    sinks = MetricSinks(t.logger if main else (), run_dir, uri=t.mlflow_uri, project=t.project_name,
+                        run_name=t.run_name, config=to_dict(cfg), start_step=start.step, note=_note)
+    from scirl.sft.rollout_eval import RolloutEval
+
+    rollout_eval = RolloutEval(cfg, tokenizer, run_dir, sinks, _note)  # reward workers fork before the model loads
+    try:
+        model = _build_model(cfg, start, device)
+        params, optimizer, scheduler = _optimizer(model, cfg)
+        skipped = _restore(start, cfg, model, optimizer, scheduler) if start.state else 0
+    except BaseException:
+        rollout_eval.close()
+        raise
     if start.state:
         _note(f"resumed from {start.ckpt} (step {start.step})")
     config_dict = to_dict(cfg)
@@ -187,12 +196,6 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop, tokenizer, train, v
     _note(f"sft: {len(convs)} conversations ({train.stats['dropped_too_long']} longer than sft.max_length "
           f"dropped), {train.stats['assistant_tokens']} assistant tokens of {train.stats['tokens']}; "
           f"{per_epoch} steps an epoch, {total} steps")
-    sinks = MetricSinks(t.logger if main else (), run_dir, uri=t.mlflow_uri, project=t.project_name,
-                        run_name=t.run_name, config=config_dict, start_step=start.step, note=_note)
-    from scirl.sft.rollout_eval import RolloutEval
-
-    rollout_eval = RolloutEval(cfg, tokenizer, run_dir, sinks, _note)
-
     def checkpoint(step: int):
         path = save_checkpoint(run_dir, step, model, tokenizer, {
             "scheduler": scheduler.state_dict(), "skipped_updates": skipped, "config": config_dict,
