@@ -1,4 +1,4 @@
-"""The `scirl` command line: `scirl train [RECIPE.yaml] [key=value ...]`, `config`, `eval`, `grade`, `serve`,
+"""The `scirl` command line: `scirl train [RECIPE.yaml] [key=value ...]`, `sft`, `config`, `eval`, `grade`, `serve`,
 `export`, `merge`, `report`, `card`, `sandbox`.
 
 User errors exit 2 with one line."""
@@ -53,6 +53,42 @@ def cmd_train(args: list[str]) -> int:
     from scirl.train.loop import run_training  # heavy imports (torch, transformers) only once the config is valid
 
     run_training(cfg)
+    return 0
+
+
+USAGE_SFT = """scirl sft RECIPE.yaml [key=value ...]
+
+Supervised fine-tuning on conversations, e.g. `scirl sft recipes/sft_agentic.yaml sft.train=data/sft.jsonl`.
+sft.train is a local .json / .jsonl / .parquet file of rows with `messages` (the chat format: system / user /
+assistant / tool turns, assistant `tool_calls`) and optional `tools` (JSON schemas rendered by the chat template);
+the loss is on the assistant tokens only. The run is sft.epochs x ceil(rows / sft.batch_size) optimizer steps
+(sft.max_steps > 0 instead), conversations packed padding-free up to sft.micro_batch_tokens per forward.
+Run folder, checkpoints (checkpoints/step_N/model/ is the fine-tuned model), resume, trainer.nproc_per_node (FSDP2)
+and model.lora work as in `scirl train`; sft.val adds a validation loss, sft.rollout_eval=true the rollout
+evaluation of `scirl train` on data.val (reward.name, rollout.agent tools) before and after. `scirl config RECIPE.yaml` prints every key."""
+
+
+def cmd_sft(args: list[str]) -> int:
+    from scirl.launch import die_with_launcher, is_rank, launch_if_needed
+
+    if is_rank():
+        die_with_launcher()
+    from scirl.config import load_config
+
+    recipe, overrides = _split_args(args)
+    if recipe is None:
+        raise ScirlError("scirl sft needs a recipe: scirl sft RECIPE.yaml [key=value ...] (e.g. "
+                         "recipes/sft_agentic.yaml)")
+    cfg = load_config(recipe, overrides)  # checked before any process starts
+    from scirl.config_sft import check_sft_run
+
+    check_sft_run(cfg)
+    code = launch_if_needed(cfg, args, "sft")
+    if code is not None:
+        return code
+    from scirl.sft.loop import run_sft  # heavy imports only once the config is valid
+
+    run_sft(cfg)
     return 0
 
 
@@ -188,7 +224,7 @@ def _sandbox_usage() -> str:
     return USAGE
 
 
-COMMANDS = {"train": (cmd_train, USAGE_TRAIN), "config": (cmd_config, "scirl config [RECIPE.yaml] [key=value ...]: "
+COMMANDS = {"train": (cmd_train, USAGE_TRAIN), "sft": (cmd_sft, USAGE_SFT), "config": (cmd_config, "scirl config [RECIPE.yaml] [key=value ...]: "
                                                          "print the resolved config"),
             "grade": (cmd_grade, USAGE_GRADE), "eval": (cmd_eval, _eval_usage()), "serve": (cmd_serve, _serve_usage()),
             "export": (cmd_export, _export_usage("EXPORT")), "merge": (cmd_merge, _export_usage("MERGE")),

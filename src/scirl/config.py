@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from scirl.config_sections import AgentConfig, LoraConfig, QuantizationConfig, RayConfig, SandboxConfig
+from scirl.config_sft import SFTConfig
 from scirl.errors import ScirlError
 
 BUILTIN_RECIPE = Path(__file__).parent / "recipes" / "tiny_grpo.yaml"
@@ -270,6 +271,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)  # `scirl sft` (scirl.config_sft)
 
     @property
     def run_dir(self) -> Path:

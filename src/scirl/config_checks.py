@@ -27,6 +27,7 @@ def validate(cfg: Config) -> None:
     from scirl.algos.aggregation import check_mode
     from scirl.ckpt.best import check_best_metric
     from scirl.config_ranges import check_ranges
+    from scirl.config_sft import check_sft
     from scirl.rewards import get_reward
 
     check_ranges(cfg)  # every numeric key in its range, before anything else reads it
@@ -53,6 +54,7 @@ def validate(cfg: Config) -> None:
     _choice("actor.fsdp.param_dtype", act.fsdp.param_dtype, ("auto", "float32", "bfloat16", "float16"))
     _choice("actor.fsdp.reduce_dtype", act.fsdp.reduce_dtype, ("float32", "bfloat16"))
     _check_loggers(cfg)
+    check_sft(cfg)
     _check_data(cfg)
     check_quantization(cfg)
     _check_distill(cfg)

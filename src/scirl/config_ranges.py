@@ -105,6 +105,8 @@ RANGES: dict[str, Range] = {
     "sandbox.cpu_seconds": COUNT, "sandbox.max_processes": COUNT, "sandbox.file_size_mb": COUNT,
     "sandbox.disk_mb": COUNT, "sandbox.max_fds": at_least(16, "python3 opens ~5 at start"),
     "sandbox.max_output_bytes": COUNT,
+    "sft.epochs": COUNT, "sft.max_steps": at_least(0, "0 lets sft.epochs decide"), "sft.batch_size": COUNT,
+    "sft.micro_batch_tokens": COUNT, "sft.max_length": COUNT,
 }
 LIST_RANGES: dict[str, tuple[int, Range]] = {  # key: (length, range of each item)
     "actor.betas": (2, Range(0.0, 1.0, high_open=True)),

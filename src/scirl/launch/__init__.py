@@ -67,26 +67,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def launch_if_needed(cfg: Config, train_args: list[str]) -> int | None:
+def launch_if_needed(cfg: Config, train_args: list[str], command: str = "train") -> int | None:
     """Start the ranks when this configuration asks for more than one process and this process is not a rank
-    already; return the run's exit status then, or None when this process should train by itself."""
+    already; return the run's exit status then, or None when this process should train by itself. Each rank runs
+    `python -m scirl <command> <train_args>` (train, or sft)."""
     if is_rank():
         return None
     t = cfg.trainer
     if t.launcher == "ray":
         from scirl.launch.ray_launcher import launch_ray
 
-        return launch_ray(cfg, ["-m", "scirl", "train", *train_args])
+        return launch_ray(cfg, ["-m", "scirl", command, *train_args])
     if world_size_of(cfg) == 1:
         return None
     if t.nnodes > 1:
         raise ScirlError(
             f"trainer.nnodes={t.nnodes} with trainer.launcher=torchrun: start torchrun on each machine yourself, "
             f"`torchrun --nnodes {t.nnodes} --nproc-per-node {t.nproc_per_node} --node-rank <0..{t.nnodes - 1}> "
-            f"--rdzv-backend c10d --rdzv-endpoint <first machine>:29500 -m scirl train {' '.join(train_args)}`, "
+            f"--rdzv-backend c10d --rdzv-endpoint <first machine>:29500 -m scirl {command} {' '.join(train_args)}`, "
             "or use trainer.launcher=ray")
     from scirl.launch.torchrun import launch_torchrun
 
     cores = os.cpu_count() or 1
-    return launch_torchrun(t.nproc_per_node, ["-m", "scirl", "train", *train_args],
+    return launch_torchrun(t.nproc_per_node, ["-m", "scirl", command, *train_args],
                            threads=threads_per_rank(cfg, cores / t.nproc_per_node))

@@ -46,10 +46,12 @@ OPERATIONAL = ("trainer.total_steps", "trainer.test_freq", "trainer.save_freq", 
                "rollout.gpu_memory_utilization", "rollout.enforce_eager", "rollout.free_cache_engine",
                "rollout.max_num_seqs", "rollout.max_model_len", "rollout.base_url", "rollout.api_key_env",
                "rollout.max_concurrency", "rollout.request_timeout", "rollout.max_retries", "rollout.sync_check_freq",
-               "rollout.sync_check_tol", "sandbox.")
+               "rollout.sync_check_tol", "sandbox.", "sft.epochs", "sft.max_steps", "sft.micro_batch_tokens",
+               "sft.packing", "sft.val")
 FIXED = ("model.", "data.train", "data.train_size", "data.seed", "data.shuffle", "data.dedup", "data.template",
          "data.system_prompt", "data.max_prompt_length", "data.truncation", "data.fields", "data.enable_thinking",
-         "trainer.seed", "distill.teacher", "distill.teacher_path")
+         "trainer.seed", "distill.teacher", "distill.teacher_path", "sft.train", "sft.batch_size", "sft.max_length",
+         "sft.truncation", "sft.messages_key", "sft.tools_key")
 
 
 def _stamp() -> str:
