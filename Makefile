@@ -7,7 +7,7 @@ VLLM_VENV := .venv-vllm
 # engine tests: vLLM's own, and those that must also hold under the vLLM venv's transformers
 VLLM_TESTS := tests/test_vllm_engine.py tests/test_engines.py tests/test_rollout.py tests/test_openai_engine.py
 
-.PHONY: demo test setup clean-venv bench test-vllm setup-vllm
+.PHONY: demo demo-agent test setup clean-venv bench test-vllm setup-vllm
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 demo: setup
 	$(BIN)/scirl train trainer.run_name=demo trainer.overwrite=true  # an earlier demo moves to runs/demo.old-<time>
+
+# the tiny tool-use demo: SFT cold start then GRPO-TCR with the calculator (scripts/demo_agent.py, runs/demo-agent/)
+demo-agent: setup
+	$(BIN)/python scripts/demo_agent.py
 
 test: setup
 	$(BIN)/python -m pytest tests

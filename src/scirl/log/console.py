@@ -48,6 +48,9 @@ def summary_table(summary: dict) -> Table:
     for key in (f"mean@{n}", f"pass@{n}", f"maj@{n}", f"best@{n}", "pass@1"):
         if key in before and key in after:
             table.add_row(key, f"{before[key]:.3f}", f"{after[key]:.3f}", f"{after[key] - before[key]:+.3f}")
+    rates = [((summary[k].get("agent") or {}).get("overall") or {}).get("tool_call_rate") for k in ("before", "after")]
+    if None not in rates:  # agent runs: the fraction of samples that called a tool
+        table.add_row("tool-call rate", f"{rates[0]:.3f}", f"{rates[1]:.3f}", f"{rates[1] - rates[0]:+.3f}")
     return table
 
 
