@@ -7,7 +7,8 @@ Usage:  python scripts/demo_agent.py [all | data | table]   (default all)
   all    data, then `scirl sft recipes/tiny_sft_tools.yaml trainer.run_name=demo-agent-sft` (base -> SFT),
          then `scirl train recipes/tiny_grpo_tools.yaml model.path=<SFT run's last checkpoint>/model
          trainer.run_name=demo-agent` (SFT -> GRPO-TCR), then `table`
-  table  print the base / after SFT / after GRPO table (held-out mean@8, maj@8, pass@8, tool-call rate) and add it
+  table  print the base / after SFT / after GRPO table (held-out mean@8 and maj@8 of the tcr score, pass@1 =
+         accuracy, pass@8, tool-call rate) and add it
          to runs/demo-agent/summary.json as "stages" (each stage's eval metrics + tool_call_rate)
 """
 
@@ -28,7 +29,7 @@ RUNS = REPO / "runs"
 DATA = RUNS / "demo-agent-data" / "sft.jsonl"
 SFT_RUN, GRPO_RUN = RUNS / "demo-agent-sft", RUNS / "demo-agent"
 SFT_ROWS, TOOL_FRACTION = 8000, 0.5
-KEYS = ("mean@8", "maj@8", "pass@8")
+KEYS = ("mean@8", "pass@1", "maj@8", "pass@8")  # mean@8 / maj@8: the tcr score (-1..1); pass@1: accuracy
 
 
 def scirl(*args: str) -> None:
@@ -63,7 +64,8 @@ def table() -> dict:
     grpo_path.write_text(json.dumps(grpo, indent=2) + "\n")
     cols = [k for k in ("base", "sft", "grpo") if stages[k]]
     names = {"base": "base", "sft": "after SFT", "grpo": "after GRPO"}
-    print("\ntiny tool-use demo: held-out tiny_tools, 64 prompts x 8 samples, calculator")
+    print("\ntiny tool-use demo: held-out tiny_tools, 64 prompts x 8 samples, calculator "
+          "(mean@8, maj@8: tcr score in [-1, 1]; pass@1: accuracy)")
     print(f"{'metric':<16}" + "".join(f"{names[c]:>12}" for c in cols))
     for key in (*KEYS, "tool_call_rate"):
         vals = [stages[c].get(key) for c in cols]

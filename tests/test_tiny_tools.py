@@ -140,3 +140,26 @@ def test_grpo_tools_recipe_runs_two_steps(tmp_path):
     assert all(-1.0 <= r["reward/mean"] <= 1.0 for r in rows if "reward/mean" in r)
     rate = summary["after"]["agent"]["overall"]["tool_call_rate"]
     assert 0.0 <= rate <= 1.0 and summary["after"]["n"] == 2
+
+
+def test_demo_agent_table_writes_the_stages(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_agent", REPO / "scripts" / "demo_agent.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    ev = lambda m, a, r: {"n": 8, "metrics": {"mean@8": m, "pass@1": a, "maj@8": m, "pass@8": a},  # noqa: E731
+                          "agent": {"overall": {"tool_call_rate": r}}}
+    sft, grpo = tmp_path / "demo-agent-sft", tmp_path / "demo-agent"
+    sft.mkdir()
+    grpo.mkdir()
+    (sft / "summary.json").write_text(json.dumps({"before": ev(-1.0, 0.0, 0.0), "after": ev(-0.4, 0.3, 0.5)}))
+    (grpo / "summary.json").write_text(json.dumps({"before": ev(-0.4, 0.3, 0.5), "after": ev(0.35, 0.66, 0.98)}))
+    monkeypatch.setattr(demo, "SFT_RUN", sft)
+    monkeypatch.setattr(demo, "GRPO_RUN", grpo)
+    demo.table()
+    stages = json.loads((grpo / "summary.json").read_text())["stages"]
+    assert [stages[k]["tool_call_rate"] for k in ("base", "sft", "grpo")] == [0.0, 0.5, 0.98]
+    assert [stages[k]["pass@1"] for k in ("base", "sft", "grpo")] == [0.0, 0.3, 0.66]
+    out = capsys.readouterr().out
+    assert re.search(r"tool_call_rate\s+0\.000\s+0\.500\s+0\.980", out), out
