@@ -109,7 +109,7 @@ def direct_conversation(a: int, b: int) -> list[dict]:
             {"role": "assistant", "content": f"\\boxed{{{a * b}}}"}]
 
 
-def sft_rows(n: int, seed: int = 0, tool_fraction: float = 0.3) -> list[dict]:
+def sft_rows(n: int, seed: int = 0, tool_fraction: float = 0.5) -> list[dict]:
     """`n` SFT rows from the train split: a fraction `tool_fraction` (in expectation) are tool conversations."""
     if not 0.0 <= tool_fraction <= 1.0:
         raise ScirlError(f"tiny_tools: tool_fraction must be in [0, 1], got {tool_fraction}")
@@ -119,7 +119,7 @@ def sft_rows(n: int, seed: int = 0, tool_fraction: float = 0.3) -> list[dict]:
              "tools": tools} for a, b in keys("train", n, seed=1000 + seed)]
 
 
-def write_sft_jsonl(path: str | Path, n: int, seed: int = 0, tool_fraction: float = 0.3) -> Path:
+def write_sft_jsonl(path: str | Path, n: int, seed: int = 0, tool_fraction: float = 0.5) -> Path:
     """Write `sft_rows(n, seed, tool_fraction)` to `path` as JSONL (one row a line); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
