@@ -4,8 +4,8 @@ lengths vary as real multi-turn data does (uniform in [--min-len, --max-len] tok
 
     PYTHONPATH=src python bench/sft_packing.py [--model tiny|25m] [--attn sdpa|eager] [--convs 32] [--budget 2048]
 
-Prints, per mode, the best seconds per step over the repeats (the modes interleaved), the real (non-padding) tokens per second, and the share of the
-forward's positions that are padding. Both modes compute the same loss (tests/test_sft_packing.py)."""
+Prints, per mode, the best seconds per step over the repeats (the modes interleaved), the real (non-padding)
+tokens per second, and the share of the forward's positions that are padding. Both modes compute the same loss (tests/test_sft_packing.py)."""
 
 from __future__ import annotations
 

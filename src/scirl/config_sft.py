@@ -2,7 +2,8 @@
 SFT run reads is shared with `scirl train`: model.* (path, dtype, lora), actor.{lr, weight_decay, betas,
 warmup_steps, lr_scheduler, min_lr_ratio, grad_clip, fsdp, gradient_checkpointing}, trainer.* (run folder,
 checkpoints, resume, seed, launcher, loggers), and, with sft.rollout_eval, data.val + reward.name + rollout.* for
-the rollout evaluation before and after training. rollout.agent.chat_template also sets the template the conversations are tokenized with.
+the rollout evaluation before and after training. rollout.agent.chat_template also sets the template the
+conversations are tokenized with.
 
 The run's length is sft.epochs x ceil(conversations / sft.batch_size) optimizer steps (sft.max_steps > 0 replaces
 it); `scirl sft` records that count as trainer.total_steps in the run's config.yaml, so trainer.total_steps is not
