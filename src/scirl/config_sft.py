@@ -25,7 +25,8 @@ class SFTConfig:
     epochs: int = 1
     max_steps: int = 0  # optimizer steps (0: sft.epochs decide)
     batch_size: int = 8  # conversations per optimizer step, global (all ranks together)
-    micro_batch_tokens: int = 4096  # tokens per forward (a packed row; padded rows x their longest with packing=false)
+    micro_batch_tokens: int = 4096  # conversations per forward, up to this many tokens (packing=false pads them to
+    # the longest, so a padded forward may hold more positions)
     packing: bool = True  # padding-free: a micro-batch is one row of whole conversations, position_ids restart at 0
     max_length: int = 4096  # tokens per conversation (prompt, tool turns and answers together)
     truncation: str = "drop"  # a longer conversation: drop (counted) | error
