@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 
 VLLM_VENV := .venv-vllm
 # engine tests: vLLM's own, and those that must also hold under the vLLM venv's transformers
-VLLM_TESTS := tests/test_vllm_engine.py tests/test_engines.py tests/test_rollout.py tests/test_openai_engine.py
+VLLM_TESTS := tests/test_vllm_engine.py tests/test_engines.py tests/test_rollout.py tests/test_openai_engine.py \
+	tests/test_agent_vllm.py
 
 .PHONY: demo demo-agent test setup clean-venv bench test-vllm setup-vllm
 

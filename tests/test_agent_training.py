@@ -79,15 +79,15 @@ class ScriptedToolEngine:
 
     shares_module = True
 
-    def __init__(self, tok):
-        self.tok = tok
+    def __init__(self, tok, calls=(CALL,)):
+        self.tok, self.calls = tok, calls  # sample j (even) makes calls[(j // 2) % len(calls)]
 
     def generate(self, prompts, uids, sampling):
         samples = []
         for p, u in zip(prompts, uids):
             second = "<tool_response>" in self.tok.decode(p)
             for j in range(sampling.n):
-                text = ANSWER if second or j % 2 else CALL
+                text = ANSWER if second or j % 2 else self.calls[(j // 2) % len(self.calls)]
                 ids = self.tok.encode(text, add_special_tokens=False) + [self.tok.eos_token_id]
                 samples.append(Sample(list(p), u, j, ids, [-1.0] * len(ids), False))
         return to_trajectories(samples, self.tok.pad_token_id, self.tok)

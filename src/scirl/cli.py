@@ -65,7 +65,8 @@ the loss is on the assistant tokens only. The run is sft.epochs x ceil(rows / sf
 (sft.max_steps > 0 instead), conversations packed padding-free up to sft.micro_batch_tokens per forward.
 Run folder, checkpoints (checkpoints/step_N/model/ is the fine-tuned model), resume, trainer.nproc_per_node (FSDP2)
 and model.lora work as in `scirl train`; sft.val adds a validation loss, sft.rollout_eval=true the rollout
-evaluation of `scirl train` on data.val (reward.name, rollout.agent tools) before and after. `scirl config RECIPE.yaml` prints every key."""
+evaluation of `scirl train` on data.val (reward.name, rollout.agent tools) before and after. `scirl config
+RECIPE.yaml` prints every key."""
 
 
 def cmd_sft(args: list[str]) -> int:
@@ -224,8 +225,8 @@ def _sandbox_usage() -> str:
     return USAGE
 
 
-COMMANDS = {"train": (cmd_train, USAGE_TRAIN), "sft": (cmd_sft, USAGE_SFT), "config": (cmd_config, "scirl config [RECIPE.yaml] [key=value ...]: "
-                                                         "print the resolved config"),
+COMMANDS = {"train": (cmd_train, USAGE_TRAIN), "sft": (cmd_sft, USAGE_SFT),
+            "config": (cmd_config, "scirl config [RECIPE.yaml] [key=value ...]: print the resolved config"),
             "grade": (cmd_grade, USAGE_GRADE), "eval": (cmd_eval, _eval_usage()), "serve": (cmd_serve, _serve_usage()),
             "export": (cmd_export, _export_usage("EXPORT")), "merge": (cmd_merge, _export_usage("MERGE")),
             "report": (cmd_report, _report_usage()), "card": (cmd_card, USAGE_CARD),

@@ -2,7 +2,8 @@
 SFT run reads is shared with `scirl train`: model.* (path, dtype, lora), actor.{lr, weight_decay, betas,
 warmup_steps, lr_scheduler, min_lr_ratio, grad_clip, fsdp, gradient_checkpointing}, trainer.* (run folder,
 checkpoints, resume, seed, launcher, loggers), and, with sft.rollout_eval, data.val + reward.name + rollout.* for
-the rollout evaluation before and after training. rollout.agent.chat_template also sets the template the conversations are tokenized with.
+the rollout evaluation before and after training. rollout.agent.chat_template also sets the template the
+conversations are tokenized with.
 
 The run's length is sft.epochs x ceil(conversations / sft.batch_size) optimizer steps (sft.max_steps > 0 replaces
 it); `scirl sft` records that count as trainer.total_steps in the run's config.yaml, so trainer.total_steps is not
@@ -24,7 +25,8 @@ class SFTConfig:
     epochs: int = 1
     max_steps: int = 0  # optimizer steps (0: sft.epochs decide)
     batch_size: int = 8  # conversations per optimizer step, global (all ranks together)
-    micro_batch_tokens: int = 4096  # tokens per forward (a packed row; padded rows x their longest with packing=false)
+    micro_batch_tokens: int = 4096  # conversations per forward, up to this many tokens (packing=false pads them to
+    # the longest, so a padded forward may hold more positions)
     packing: bool = True  # padding-free: a micro-batch is one row of whole conversations, position_ids restart at 0
     max_length: int = 4096  # tokens per conversation (prompt, tool turns and answers together)
     truncation: str = "drop"  # a longer conversation: drop (counted) | error

@@ -11,18 +11,19 @@ What a wrapped batch carries in `Trajectories.extra` (select / concat keep it):
 - `num_turns` ... `truncated_by_turns` tensors from multi_turn_generate, and `tool_rounds` (tool turns appended).
 `reward_info(traj, i)` turns a row into the reward's `info` keys: `num_turns` in the tcr reward's convention
 (user + assistant turns + 1 = 2 + 2 * tool rounds), `num_tool_calls`, `tool_errors`.
-An AgentEngine has no `stream`: the batch is scored after the last turn (rewards/overlap.py's sequential path).
+`stream` yields whole prompt groups after the turn in which their last row ended, so with reward.overlap the
+groups that finished early are scored while the others take more turns (rewards/overlap.py).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
 from scirl.agent.hermes import tools_missing_from
-from scirl.agent.rollout import multi_turn_generate
+from scirl.agent.rollout import multi_turn_generate, multi_turn_stream
 from scirl.agent.tools import Tool, resolve_tools
 from scirl.errors import ScirlError
 from scirl.rollout.base import SamplingParams, Trajectories
@@ -69,14 +70,26 @@ class AgentEngine:
         return self.inner.shares_module
 
     def __getattr__(self, name: str):
-        if name == "stream" or name.startswith("__"):  # no streaming: turns of all rows are batched together
+        if name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.__dict__["inner"], name)
 
+    def _args(self) -> tuple:
+        return (self.tools, self.max_turns, self.max_response_len, self.max_tool_response_len, self.tool_timeout)
+
     def generate(self, prompts: list[list[int]], uids: list[str], sampling: SamplingParams) -> Trajectories:
-        traj, stats = multi_turn_generate(self.inner, self.tokenizer, prompts, uids, sampling, self.tools,
-                                          self.max_turns, self.max_response_len, self.max_tool_response_len,
-                                          self.tool_timeout, **self.template_kwargs)
+        traj, stats = multi_turn_generate(self.inner, self.tokenizer, prompts, uids, sampling, *self._args(),
+                                          **self.template_kwargs)
+        return self._with_answers(traj, stats)
+
+    def stream(self, prompts: list[list[int]], uids: list[str], sampling: SamplingParams) -> Iterator[Trajectories]:
+        """Whole prompt groups as they end, after each turn (reward.overlap scores them while later turns run);
+        put back in prompt order they are `generate`'s batch."""
+        for traj, stats in multi_turn_stream(self.inner, self.tokenizer, prompts, uids, sampling, *self._args(),
+                                             **self.template_kwargs):
+            yield self._with_answers(traj, stats)
+
+    def _with_answers(self, traj: Trajectories, stats: list) -> Trajectories:
         spans = [model_spans(traj.response_mask[i], int(traj.extra["response_len"][i])) for i in range(len(traj))]
         last = [traj.response_ids[i, s[-1][0]:s[-1][1]].tolist() if s else [] for i, s in enumerate(spans)]
         traj.extra.update(

@@ -1,6 +1,7 @@
 """Multi-turn rollouts with Hermes tool calls on any RolloutEngine: `multi_turn_generate` returns a regular
 Trajectories (rows in `generate`'s order: prompt-major, n samples each) whose response is the whole conversation
-after the prompt, plus one AgentStats per row; `agent_metrics` aggregates the stats for logging.
+after the prompt, plus one AgentStats per row; `multi_turn_stream` yields the same rows as whole prompt groups
+after the turn in which a group's last row ended (for reward overlap); `agent_metrics` aggregates the stats.
 
 Turn 1 samples n responses per prompt in one `engine.generate` call. After each turn, every unfinished row's new
 tokens are decoded (for parsing only), its `<tool_call>` blocks are executed (a row's calls run in parallel, rows
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -88,12 +89,56 @@ def multi_turn_generate(engine: RolloutEngine, tokenizer: Any, prompt_ids: list[
                         ) -> tuple[Trajectories, list[AgentStats]]:
     """Multi-turn rollout of `prompt_ids` (see the module docstring). `template_kwargs` (e.g. enable_thinking)
     reach the chat template that renders the tool turns. Returns (Trajectories, one AgentStats per row)."""
+    chunks = list(_stream(engine, tokenizer, prompt_ids, uids, sampling, tools, max_turns, max_response_len,
+                          max_tool_response_len, tool_timeout, **template_kwargs))
+    if not chunks:  # no prompts
+        return _assemble([], None, tokenizer)
+    groups = [g for _, _, gs in chunks for g in gs]
+    if groups == sorted(groups):
+        order = None
+    else:  # generate's order: prompt by prompt
+        at = {g: k for k, g in enumerate(groups)}
+        order = [at[g] * sampling.n + j for g in sorted(groups) for j in range(sampling.n)]
+    traj = Trajectories.concat([t for t, _, _ in chunks])
+    stats = [st for _, sts, _ in chunks for st in sts]
+    if order is not None:
+        traj, stats = traj.select(order), [stats[i] for i in order]
+    return traj, stats
+
+
+def multi_turn_stream(engine: RolloutEngine, tokenizer: Any, prompt_ids: list[list[int]], uids: list[str],
+                      sampling: SamplingParams, tools: Sequence[Tool], max_turns: int, max_response_len: int,
+                      max_tool_response_len: int, tool_timeout: float, **template_kwargs: Any
+                      ) -> Iterator[tuple[Trajectories, list[AgentStats]]]:
+    """`multi_turn_generate`'s rows as they finish: after each turn, the prompt groups whose n rows all ended
+    (whole groups, prompt order within a chunk; a RolloutEngine.stream for reward overlap). Concatenated and put
+    in prompt order, the chunks are multi_turn_generate's batch."""
+    for traj, stats, _ in _stream(engine, tokenizer, prompt_ids, uids, sampling, tools, max_turns, max_response_len,
+                                  max_tool_response_len, tool_timeout, **template_kwargs):
+        yield traj, stats
+
+
+def _stream(engine: RolloutEngine, tokenizer: Any, prompt_ids: list[list[int]], uids: list[str],
+            sampling: SamplingParams, tools: Sequence[Tool], max_turns: int, max_response_len: int,
+            max_tool_response_len: int, tool_timeout: float, **template_kwargs: Any
+            ) -> Iterator[tuple[Trajectories, list[AgentStats], list[int]]]:
+    """The rollout loop; yields (chunk, its stats, the prompt indices of its groups) after each turn."""
     _check(max_turns, max_response_len, max_tool_response_len, tool_timeout)
     if len(prompt_ids) != len(uids):
         raise ScirlError(f"multi_turn_generate: {len(prompt_ids)} prompts for {len(uids)} uids")
     table = {t.name: t for t in tools}
     rows = [_Row(list(p), u, j) for p, u in zip(prompt_ids, uids) for j in range(sampling.n)]
+    groups = [rows[g * sampling.n:(g + 1) * sampling.n] for g in range(len(prompt_ids))]
+    sent: set[int] = set()
     pad_id = None
+
+    def finished() -> Iterator[tuple[Trajectories, list[AgentStats], list[int]]]:
+        done = [g for g, members in enumerate(groups) if g not in sent and all(r.done for r in members)]
+        if done:
+            sent.update(done)
+            traj, stats = _assemble([r for g in done for r in groups[g]], pad_id, tokenizer)
+            yield traj, stats, done
+
     with ThreadPoolExecutor(max_workers=max(1, min(32, len(rows)))) as pool:
         for turn in range(1, max_turns + 1):
             active = [r for r in rows if not r.done]
@@ -141,6 +186,14 @@ def multi_turn_generate(engine: RolloutEngine, tokenizer: Any, prompt_ids: list[
                 row.add(suffix[:room], None)
                 if len(suffix) >= room:  # no room left for the model: cut at the budget
                     row.done = row.stats.truncated = True
+            yield from finished()
+    for r in rows:  # every row ends by max_turns; an empty batch has none
+        r.done = True
+    yield from finished()
+
+
+def _assemble(rows: list[_Row], pad_id: int | None, tokenizer: Any) -> tuple[Trajectories, list[AgentStats]]:
+    """Trajectories of finished rows (mask 0 on tool tokens) and their stats; `extra` as the module docstring says."""
     samples = [Sample(r.prompt, r.uid, r.index, r.tokens, r.logprobs, r.stats.truncated) for r in rows]
     if pad_id is None:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -16,7 +16,7 @@ USAGE = """scirl eval --model PATH --data NAME[,NAME...] [--n 16] [--temperature
            [--max-new-tokens N] [--limit M] [-o OUT.json] [--samples PATH] [--resume] [--data-dir DIR]
            [--field K=F ...] [--template T] [--system-prompt TEXT] [--no-thinking] [--max-prompt-length L]
            [--truncation drop|left|right|error] [--reward NAME] [--workers W] [--timeout S] [--seed S]
-           [--batch-prompts B] [--device auto|cpu|cuda]
+           [--batch-prompts B] [--device auto|cpu|cuda] [--agent-from RECIPE.yaml] [rollout.agent.KEY=V ...]
 scirl eval --from-samples FILE.samples.jsonl [--reward NAME|dataset] [-o OUT.json] [--samples PATH]
 
 Generates --n samples per prompt of each dataset (a registered name such as aime24, amc23, gsm8k, phybench,
@@ -30,7 +30,11 @@ last complete batch and ends with the same files as an uninterrupted run. An exi
 overwritten: without --resume it is an error. --limit keeps the first M prompts of each dataset.
 --from-samples recomputes the metrics of a samples file without generating (prompts with different sample counts
 are cut to the smallest count, and the JSON says so); with --reward NAME it first regrades every row with NAME
-(--reward dataset: with each row's own dataset reward) and writes the regraded rows beside OUT.json."""
+(--reward dataset: with each row's own dataset reward) and writes the regraded rows beside OUT.json.
+Tools: rollout.agent.* and sandbox.* overrides (as scirl train takes them, e.g. rollout.agent.enable=true
+rollout.agent.tools=[calculator]) or --agent-from FILE.yaml (a recipe or a run's config.yaml: its rollout.agent
+and sandbox sections; overrides win) sample multi-turn tool rollouts as validation in scirl train does; rewards
+grade the last model turn, rows carry their turns and tool calls, and OUT.json gains an "agent" block."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,16 +66,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-prompts", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--agent-from", default=None)
+    p.add_argument("overrides", nargs="*")  # rollout.agent.* / sandbox.* keys
     return p
 
 
 def main(args: list[str]) -> int:
-    ns = _parser().parse_args(args)
+    ns = _parser().parse_intermixed_args(args)  # settings may sit between the flags
     if ns.workers is not None and ns.workers < 0:
         raise ScirlError(f"scirl eval: --workers={ns.workers} must be >= 0")
     if not ns.timeout > 0:
         raise ScirlError(f"scirl eval: --timeout={ns.timeout} must be > 0 seconds")
     if ns.from_samples:
+        if ns.overrides or ns.agent_from:
+            raise ScirlError("scirl eval: --from-samples recomputes metrics only; drop the rollout.agent / "
+                             "--agent-from settings")
         if ns.data or ns.model:
             raise ScirlError("scirl eval: --from-samples recomputes metrics only; drop --model / --data")
         if ns.resume:
@@ -87,7 +96,45 @@ def main(args: list[str]) -> int:
         raise ScirlError(f"scirl eval: --limit={ns.limit} must be >= 1")
     if not 0 < ns.top_p <= 1 or ns.temperature < 0:
         raise ScirlError("scirl eval: need 0 < --top-p <= 1 and --temperature >= 0")
+    ns.agent = _agent_config(ns)
     return _generate_and_report(ns)
+
+
+AGENT_KEYS = ("rollout.agent.", "sandbox.")
+
+
+def _agent_config(ns):
+    """The Config whose rollout.agent / sandbox sections the eval samples with (None: the agent is off): the
+    bundled recipe's, with --agent-from's two sections and then the command line's overrides on top, validated as
+    scirl train validates them (unknown tool, a chat template that ignores tools=)."""
+    import yaml
+
+    from scirl.config import load_config, read_yaml
+
+    for item in ns.overrides:
+        if not item.startswith(AGENT_KEYS) or "=" not in item:
+            raise ScirlError(f"scirl eval: {item!r}: only rollout.agent.KEY=VALUE and sandbox.KEY=VALUE settings "
+                             f"are taken here (e.g. rollout.agent.enable=true)")
+    base: list[str] = []
+    if ns.agent_from:
+        path = Path(ns.agent_from)
+        if not path.is_file():
+            raise ScirlError(f"scirl eval: --agent-from {path}: no such file")
+        data = read_yaml(path) or {}
+        sections = {"rollout.agent": (data.get("rollout") or {}).get("agent"), "sandbox": data.get("sandbox")}
+        for prefix, section in sections.items():
+            if section is not None and not isinstance(section, dict):
+                raise ScirlError(f"scirl eval: --agent-from {path}: {prefix} is not a mapping")
+            base += [f"{prefix}.{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+                     for k, v in (section or {}).items()]
+    if not base and not ns.overrides:
+        return None
+    cfg = load_config(None, base + list(ns.overrides))
+    if not cfg.rollout.agent.enable:
+        return None
+    cfg.model.path, cfg.rollout.max_new_tokens = ns.model, ns.max_new_tokens
+    cfg.data.enable_thinking = not ns.no_thinking
+    return cfg
 
 
 def _fields(items: list[str]) -> dict:
@@ -118,7 +165,20 @@ def _settings(ns, reward: str) -> dict:
             "--batch-prompts": ns.batch_prompts, "--template": ns.template, "--system-prompt": ns.system_prompt,
             "--no-thinking": ns.no_thinking, "--max-prompt-length": ns.max_prompt_length,
             "--truncation": ns.truncation, "--field": _fields(ns.field), "--reward": reward,
-            "--device": ns.device, "--dtype": ns.dtype}
+            "--device": ns.device, "--dtype": ns.dtype, "rollout.agent": _agent_settings(ns)}
+
+
+def _agent_settings(ns) -> dict | None:
+    """The agent's keys the samples depend on (None: single-turn), in the settings record and the eval JSON."""
+    from dataclasses import asdict
+
+    if getattr(ns, "agent", None) is None:
+        return None
+    out = asdict(ns.agent.rollout.agent)
+    out.pop("enable")
+    if "code_interpreter" in out["tools"]:
+        out["sandbox"] = {k: v for k, v in asdict(ns.agent.sandbox).items() if k not in ("workers", "user_prefix")}
+    return out
 
 
 def _generate_and_report(ns) -> int:
@@ -150,7 +210,12 @@ def _generate_and_report(ns) -> int:
     transformers_logging.set_verbosity_error()  # length notes come from us, once, below
     t0 = time.perf_counter()
     model, tokenizer = load_model_and_tokenizer(ns.model, ns.dtype, pick_device(ns.device))
-    ps = tokenize_prompt_set(ps, tokenizer, d, "--data")
+    tools, sandbox = [], None
+    if ns.agent is not None:  # the chat template override, the tools (and the sandbox behind code_interpreter)
+        from scirl.agent.engine import setup_agent
+
+        tools, sandbox = setup_agent(ns.agent, tokenizer)
+    ps = tokenize_prompt_set(ps, tokenizer, d, "--data", [t.schema for t in tools] or None)
     from scirl.eval.report import eval_table, print_note
     from scirl.log.console import console
 
@@ -167,12 +232,17 @@ def _generate_and_report(ns) -> int:
             if prior is not None:
                 console.print(f"resuming {samples_path}: {stream.done} of {len(ps.samples)} prompts already done",
                               highlight=False, soft_wrap=True)
-            _run_batches(ns, model, tokenizer, pool, ps, stream)
+            _run_batches(ns, model, tokenizer, pool, ps, stream, tools)
     except KeyboardInterrupt:
         if stream is not None:
             print(f"scirl eval: interrupted; {stream.done} of {len(ps.samples)} prompts are saved in {samples_path}: "
                   f"rerun the same command with --resume to continue", file=sys.stderr)
         raise
+    finally:
+        if sandbox is not None:  # code_interpreter no longer runs programs in this eval's pool
+            from scirl.agent.tools import set_code_runner
+
+            set_code_runner(None)
     report = _finish_report(stream.records, ns.data, ps, stream.stats, ns, reward, time.perf_counter() - t0)
     report["samples_file"] = str(samples_path)
     atomic_write_json(out_path, report)
@@ -182,7 +252,7 @@ def _generate_and_report(ns) -> int:
     return 0
 
 
-def _run_batches(ns, model, tokenizer, pool, ps, stream) -> None:
+def _run_batches(ns, model, tokenizer, pool, ps, stream, tools) -> None:
     from scirl.eval.runner import generate_and_grade
     from scirl.eval.samples import add_grading_fields
     from scirl.log.console import console
@@ -191,6 +261,10 @@ def _run_batches(ns, model, tokenizer, pool, ps, stream) -> None:
     from scirl.rollout.hf_engine import HFRolloutEngine
 
     engine = HFRolloutEngine(model, tokenizer)
+    if ns.agent is not None:  # multi-turn tool rollouts, as validation in scirl train samples them
+        from scirl.agent.engine import wrap_engine
+
+        engine = wrap_engine(ns.agent, engine, tokenizer, tools)
     sampling = SamplingParams(ns.n, ns.temperature, ns.top_p, ns.max_new_tokens)
     total = len(ps.samples)
     several = len(ps.labels) > 1
@@ -213,6 +287,7 @@ def _finish_report(records, dataset: str, ps, stats: dict, ns, reward: str, seco
     from scirl.eval.metrics import compute_eval_metrics
 
     report = compute_eval_metrics(records, dataset)
+    _add_agent_block(report, records)
     n_samples = max(1, len(records))
     report.update({
         "model": ns.model,
@@ -226,7 +301,17 @@ def _finish_report(records, dataset: str, ps, stats: dict, ns, reward: str, seco
         "response_length_mean": stats["response_tokens"] / n_samples,
         "wall_seconds": round(seconds, 2),
     })
+    if ns.agent is not None:
+        report["sampling"]["agent"] = _agent_settings(ns)
     return report
+
+
+def _add_agent_block(report: dict, records: list[dict]) -> None:
+    """The "agent" block (eval.runner.agent_report) when every row carries its turns (a multi-turn eval)."""
+    from scirl.eval.runner import agent_report
+
+    if records and all("num_turns" in r for r in records):
+        report["agent"] = agent_report(records)
 
 
 def _source_reward(ps, label: str) -> str | None:
@@ -259,6 +344,7 @@ def _from_samples(ns) -> int:
     extra = _regrade(numbered, path, ns) if ns.reward else {}
     sources = list(dict.fromkeys(str(r["data_source"]) for r in records))
     report = compute_eval_metrics(records, ",".join(sources))
+    _add_agent_block(report, records)
     report["recomputed_from"] = str(path)
     report.update(extra)
     if regraded is not None:

@@ -120,7 +120,8 @@ def _render(tokenizer, messages: list[dict], tools, gen: bool, kwargs: dict) -> 
 
 
 def _tokens(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]  # as apply_chat_template(tokenize=True) does
+    # as apply_chat_template(tokenize=True) does; no "longer than model_max_length" warning: sft.max_length rules
+    return tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
 
 
 def _template_tokens(prompt: list[int], ids: list[int], eos: int | None, where: str) -> list[int]:

@@ -196,6 +196,11 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop, tokenizer, train, v
     _note(f"sft: {len(convs)} conversations ({train.stats['dropped_too_long']} longer than sft.max_length "
           f"dropped), {train.stats['assistant_tokens']} assistant tokens of {train.stats['tokens']}; "
           f"{per_epoch} steps an epoch, {total} steps")
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    longest = max(len(c) for c in convs)
+    if isinstance(context, int) and longest > context:
+        _note(f"warning: the longest conversation has {longest} tokens, past the model's max_position_embeddings "
+              f"{context}; lower sft.max_length to leave such rows out")
     def checkpoint(step: int):
         path = save_checkpoint(run_dir, step, model, tokenizer, {
             "scheduler": scheduler.state_dict(), "skipped_updates": skipped, "config": config_dict,
