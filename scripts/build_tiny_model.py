@@ -326,7 +326,12 @@ def main(argv: list[str] | None = None) -> int:
               f"boxed rate = {info['val_boxed_rate']:.3f}", flush=True)
     info["build_seconds"] = round(time.time() - t0, 1)
 
-    out = Path(args.out)
+    save_model(model, tok, info, Path(args.out), t0)
+    return 0
+
+
+def save_model(model, tok, info: dict, out: Path, t0: float) -> None:
+    """Write the model (sampling defaults in its generation config), tokenizer and build_info.json to a fresh `out`."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -339,7 +344,6 @@ def main(argv: list[str] | None = None) -> int:
     (out / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out} ({size / 1e6:.2f} MB) in {time.time() - t0:.0f}s", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ import build_tiny_model as base  # noqa: E402  (also puts src/ on sys.path)
 
 import torch  # noqa: E402
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
-from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
+from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
 
 from scirl.data import synthetic_tools as st  # noqa: E402
 
@@ -265,17 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"base: tool-call rate {info['val_tool_call_rate']:.3f}  direct acc {info['val_direct_acc']:.3f}")
     info["build_seconds"] = round(time.time() - t0, 1)
 
-    out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                                               do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=48)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    (out / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"wrote {out} ({size / 1e6:.2f} MB) in {time.time() - t0:.0f}s", flush=True)
+    base.save_model(model, tok, info, Path(args.out), t0)
     return 0
 
 

@@ -20,18 +20,23 @@ from scirl.errors import ScirlError
 SYNTHETIC_DEFAULT_SIZE = {"train": 1000, "val": 64, "eval": 64}
 
 
-@register_dataset("tiny_physics", reward="boxed_numeric", template="plain", variants=("auto", "train", "val"),
-                  description="the seeded synthetic physics task (train 1053 / val 329 distinct problems)")
-def tiny_physics(req: LoadRequest) -> list[Sample]:
-    """Variant `auto` takes the train split for training and the val split otherwise."""
-    from scirl.data.synthetic import make_problems
-
+def _synthetic_split(req: LoadRequest, make_problems) -> list[Sample]:
+    """A seeded synthetic task's problems: variant `auto` takes the train split for training, val otherwise."""
     split = req.variant if req.variant in ("train", "val") else ("train" if req.role == "train" else "val")
     size = req.size if req.size is not None else SYNTHETIC_DEFAULT_SIZE.get(req.role, 64)
     samples = make_problems(split, size, seed=req.seed)
     for s in samples:
         s.problem = s.messages[0]["content"]
     return samples
+
+
+@register_dataset("tiny_physics", reward="boxed_numeric", template="plain", variants=("auto", "train", "val"),
+                  description="the seeded synthetic physics task (train 1053 / val 329 distinct problems)")
+def tiny_physics(req: LoadRequest) -> list[Sample]:
+    """Variant `auto` takes the train split for training and the val split otherwise."""
+    from scirl.data.synthetic import make_problems
+
+    return _synthetic_split(req, make_problems)
 
 
 @register_dataset("tiny_tools", reward="tcr", template="plain", variants=("auto", "train", "val"),
@@ -40,12 +45,7 @@ def tiny_tools(req: LoadRequest) -> list[Sample]:
     """Variant `auto` takes the train split for training and the val split otherwise."""
     from scirl.data.synthetic_tools import make_problems
 
-    split = req.variant if req.variant in ("train", "val") else ("train" if req.role == "train" else "val")
-    size = req.size if req.size is not None else SYNTHETIC_DEFAULT_SIZE.get(req.role, 64)
-    samples = make_problems(split, size, seed=req.seed)
-    for s in samples:
-        s.problem = s.messages[0]["content"]
-    return samples
+    return _synthetic_split(req, make_problems)
 
 
 # ------------------------------------------------------------------------------------------------ plumbing

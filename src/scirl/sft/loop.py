@@ -22,7 +22,7 @@ import torch
 from transformers.utils import logging as transformers_logging
 
 from scirl import dist
-from scirl.ckpt.checkpoint import load_trainer_state, prune_checkpoints, save_checkpoint, step_of
+from scirl.ckpt.checkpoint import prune_checkpoints, save_checkpoint, step_of
 from scirl.ckpt.resume import init_weights_path, restore_modules
 from scirl.ckpt.rng import restore_rng
 from scirl.config import Config, save_config, to_dict
@@ -39,7 +39,7 @@ from scirl.train.actor import lr_lambda
 from scirl.train.fsdp import enable_gradient_checkpointing, shard_model, sum_gradients_over_ranks
 from scirl.train.lora import apply_lora, lora_on, same_adapter_on_all_ranks
 from scirl.train.model_loading import load_model_and_tokenizer, pick_device, resolve_model_path
-from scirl.train.run_folder import RunLock, RunStart, prepare_run
+from scirl.train.run_folder import RunLock, RunStart, decide_start
 from scirl.train.stop import GracefulStop, RunStopped
 
 
@@ -61,26 +61,6 @@ def run_sft(cfg: Config) -> dict:
     finally:
         if joined:
             dist.destroy()
-
-
-def _decide_start(cfg: Config, lock) -> RunStart:
-    decision = None
-    if dist.is_main():
-        try:
-            if lock.stale:
-                _note(f"note: stale lock of a run that did not exit cleanly ({lock.stale}); taken over")
-            start = prepare_run(cfg, to_dict(cfg), _note)
-            decision = {"ckpt": start.ckpt, "finished": start.finished}
-        except ScirlError as e:
-            dist.broadcast_object({"error": str(e)})
-            raise
-        dist.broadcast_object(decision)
-        return start
-    decision = dist.broadcast_object(decision)
-    if "error" in decision:
-        raise ScirlError(decision["error"])
-    ckpt = decision["ckpt"]
-    return RunStart(ckpt, load_trainer_state(ckpt) if ckpt else None, decision["finished"])
 
 
 def _load_data(cfg: Config):
@@ -118,7 +98,7 @@ def _run(cfg: Config) -> dict:
     cfg.trainer.total_steps = total_steps(len(train.conversations), cfg.sft)  # recorded: see the module docstring
     with (RunLock(cfg.run_dir) if dist.is_main() else contextlib.nullcontext()) as lock, \
             GracefulStop(cfg.trainer.save_on_signal) as stop:
-        start = _decide_start(cfg, lock)
+        start = decide_start(cfg, lock, _note)
         if start.finished:
             if dist.is_main():
                 _note(f"run {cfg.run_dir} already finished at step {start.step} (summary.json): nothing to do; "

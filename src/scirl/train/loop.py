@@ -15,12 +15,11 @@ from transformers.utils import logging as transformers_logging
 
 from scirl import dist
 from scirl.ckpt.best import BestTracker, read_best
-from scirl.ckpt.checkpoint import load_trainer_state, prune_checkpoints, save_checkpoint, step_of
+from scirl.ckpt.checkpoint import prune_checkpoints, save_checkpoint, step_of
 from scirl.ckpt.resume import init_weights_path, restore_modules
 from scirl.ckpt.rng import restore_rng
 from scirl.config import Config, save_config, to_dict
 from scirl.data.pipeline import describe
-from scirl.errors import ScirlError
 from scirl.eval.runner import evaluate, write_eval
 from scirl.fsutil import atomic_write_json
 from scirl.log.console import StepProgress, console, summary_footer, summary_table
@@ -31,7 +30,7 @@ from scirl.rollout.base import SamplingParams
 from scirl.train.build import build_run
 from scirl.train.lora import lora_on
 from scirl.train.rank_metrics import reduce_step_metrics
-from scirl.train.run_folder import RunLock, RunStart, prepare_run
+from scirl.train.run_folder import RunLock, RunStart, decide_start
 from scirl.train.step import StepContext, train_step
 from scirl.train.sync_guard import SyncGuard
 from scirl.train.stop import GracefulStop, RunStopped
@@ -61,31 +60,10 @@ def run_training(cfg: Config) -> dict:
             dist.destroy()
 
 
-def _decide_start(cfg: Config, lock) -> RunStart:
-    """Rank 0 applies the run folder rules; every rank gets its decision (or its one-line error)."""
-    decision = None
-    if dist.is_main():
-        try:
-            if lock.stale:
-                _note(f"note: stale lock of a run that did not exit cleanly ({lock.stale}); taken over")
-            start = prepare_run(cfg, to_dict(cfg), _note)
-            decision = {"ckpt": start.ckpt, "finished": start.finished}
-        except ScirlError as e:
-            dist.broadcast_object({"error": str(e)})
-            raise
-        dist.broadcast_object(decision)
-        return start
-    decision = dist.broadcast_object(decision)
-    if "error" in decision:
-        raise ScirlError(decision["error"])
-    ckpt = decision["ckpt"]
-    return RunStart(ckpt, load_trainer_state(ckpt) if ckpt else None, decision["finished"])
-
-
 def _run(cfg: Config) -> dict:
     with (RunLock(cfg.run_dir) if dist.is_main() else contextlib.nullcontext()) as lock, \
             GracefulStop(cfg.trainer.save_on_signal) as stop:
-        start = _decide_start(cfg, lock)
+        start = decide_start(cfg, lock, _note)
         if start.finished:
             if not dist.is_main():
                 return {}

@@ -299,3 +299,28 @@ def split_metrics(text: str, step: int) -> tuple[str, str]:
             ok = False
         (kept if ok else dropped).append(line + "\n")
     return "".join(kept), "".join(dropped)
+
+
+def decide_start(cfg, lock: RunLock | None, note: Callable[[str], None]) -> RunStart:
+    """Rank 0 applies the run folder rules (`prepare_run`; `lock` is its RunLock); every rank gets its decision
+    (or its one-line error). Used by `scirl train` and `scirl sft` alike."""
+    from scirl import dist
+    from scirl.config import to_dict
+
+    decision = None
+    if dist.is_main():
+        try:
+            if lock.stale:
+                note(f"note: stale lock of a run that did not exit cleanly ({lock.stale}); taken over")
+            start = prepare_run(cfg, to_dict(cfg), note)
+            decision = {"ckpt": start.ckpt, "finished": start.finished}
+        except ScirlError as e:
+            dist.broadcast_object({"error": str(e)})
+            raise
+        dist.broadcast_object(decision)
+        return start
+    decision = dist.broadcast_object(decision)
+    if "error" in decision:
+        raise ScirlError(decision["error"])
+    ckpt = decision["ckpt"]
+    return RunStart(ckpt, load_trainer_state(ckpt) if ckpt else None, decision["finished"])
