@@ -43,9 +43,16 @@ def test_sft_run_trains_checkpoints_and_finishes(tmp_path, capsys):
 
     model, _ = load_model_and_tokenizer(str(run / "checkpoints" / "step_6" / "model"))
     assert torch.equal(model.state_dict()["model.norm.weight"], _weights(run, 6)["model.norm.weight"])
+    card = (run / "README.md").read_text()  # the model card of an SFT run describes SFT, not RL
+    assert "fine-tuned with supervised learning (loss on the assistant turns only)" in card
+    assert "reinforcement-learning" not in card and "| `sft.epochs` | `2` |" in card
+    assert f"| train | {tmp_path / 'train.jsonl'} | 12 | 12 | 0 |" in card
+    assert f"{summary['val_loss']['before']:.4f} before, {summary['val_loss']['after']:.4f} after" in card
     capsys.readouterr()
     assert main(["sft", *sft_args(tmp_path)]) == 0  # finished: nothing to do
     assert "already finished at step 6" in capsys.readouterr().out
+    assert main(["sft", *sft_args(tmp_path, **{"sft.epochs": 1})]) == 2  # 3 steps < the checkpoint's 6
+    assert "past trainer.total_steps=3; raise sft.epochs or sft.max_steps to train on" in capsys.readouterr().err
 
 
 def test_resume_mid_epoch_is_bitwise_the_uninterrupted_run(tmp_path):

@@ -140,6 +140,10 @@ def test_grpo_tools_recipe_runs_two_steps(tmp_path):
     assert all(-1.0 <= r["reward/mean"] <= 1.0 for r in rows if "reward/mean" in r)
     rate = summary["after"]["agent"]["overall"]["tool_call_rate"]
     assert 0.0 <= rate <= 1.0 and summary["after"]["n"] == 2
+    card = (tmp_path / "t" / "README.md").read_text()  # the card says how the model used its tools
+    assert "multi-turn with the tools `calculator` (up to 3 turns)" in card
+    before = summary["before"]["agent"]["overall"]
+    assert f"| before | 0 | {before['tool_call_rate']:.4f} | {before['tool_calls_mean']:.4f} |" in card
 
 
 def test_demo_agent_table_writes_the_stages(tmp_path, monkeypatch, capsys):

@@ -28,6 +28,9 @@ HPARAMS = ("algorithm.adv_estimator", "actor.policy_loss", "actor.loss_agg_mode"
            "actor.ppo_mini_batch_size", "actor.ppo_epochs", "rollout.n", "rollout.temperature",
            "rollout.max_new_tokens", "rollout.val_n", "rollout.val_temperature", "reward.name", "distill.teacher",
            "model.dtype", "trainer.total_steps", "trainer.seed", "trainer.best_metric")
+SFT_HPARAMS = ("sft.train", "sft.epochs", "sft.batch_size", "sft.max_length", "sft.packing", "sft.micro_batch_tokens",
+               "actor.lr", "actor.lr_scheduler", "actor.warmup_steps", "actor.min_lr_ratio", "actor.weight_decay",
+               "actor.betas", "actor.grad_clip", "model.dtype", "trainer.total_steps", "trainer.seed")
 LORA_HPARAMS = ("model.lora.rank", "model.lora.alpha", "model.lora.dropout", "model.lora.target_modules",
                 "model.lora.modules_to_save")  # listed when model.lora.rank > 0
 QUANT_HPARAMS = ("model.quantization.load_in_4bit", "model.quantization.bnb_4bit_quant_type",
@@ -120,7 +123,8 @@ def build_card(run_dir: Path | str, out_dir: Path | str | None = None):
     quant = bool(_get(cfg, "model.quantization.load_in_4bit"))
     weights = f"4-bit {_get(cfg, 'model.quantization.bnb_4bit_quant_type')}" if quant else _get(cfg, "model.dtype")
     license_ = base_license(base)
-    train_ds, val_ds = str(_get(cfg, "data.train")), str(_get(cfg, "data.val"))
+    sft = summary.get("kind") == "sft" or bool(_get(cfg, "sft.train"))  # a `scirl sft` run
+    train_ds, val_ds = str(_get(cfg, "sft.train" if sft else "data.train")), str(_get(cfg, "data.val"))
     final_step = max((s for s in evals if s > 0), default=None)
     rows = [("before", 0)] + ([("best", best["step"])] if best and best["step"] in evals else [])
     rows += [("final", final_step)] if final_step is not None else []
@@ -139,13 +143,14 @@ def build_card(run_dir: Path | str, out_dir: Path | str | None = None):
     data = ModelCardData(
         model_name=name, base_model=hub_base, library_name="transformers", pipeline_tag="text-generation",
         license=license_, datasets=[d for d in dict.fromkeys([train_ds, val_ds]) if d and d != "None"],
-        tags=["scirl", "reinforcement-learning", algo, str(_get(cfg, "actor.policy_loss") or "")]
+        tags=(["scirl", "sft"] if sft else ["scirl", "reinforcement-learning", algo,
+                                             str(_get(cfg, "actor.policy_loss") or "")])
         + (["lora"] if lora else []) + (["qlora", "4-bit"] if quant else []),
         eval_results=results or None,
         base_model_relation=("adapter" if lora else "finetune") if hub_base else None)
     data.tags = [t for t in dict.fromkeys(data.tags) if t]
 
-    parts = [f"# {name}", "", "## Summary", "",
+    parts = [f"# {name}", "", "## Summary", "", _sft_summary(name, cfg, summary, train_ds, val_ds) if sft else
              f"`{name}` is a causal language model post-trained with reinforcement learning ({algo.upper()}, "
              f"policy loss `{_get(cfg, 'actor.policy_loss')}`) by scirl on `{train_ds}`, "
              f"validated on `{val_ds}`. Status: {summary.get('status', 'unknown')}, "
@@ -153,29 +158,44 @@ def build_card(run_dir: Path | str, out_dir: Path | str | None = None):
     parts += ["", "Base model: " + (f"[`{base}`](https://huggingface.co/{base})." if hub_base else
                                    f"`{base}` (a local or bundled model, not a hub id: no `base_model` in the "
                                    "header).")]
-    parts += ["", "## Training pipeline", "",
-              f"1. Load `{base}` ({weights}){' with a LoRA adapter' if lora else ''}.",
-              f"2. Each step: {_get(cfg, 'data.train_batch_size')} prompts × {_get(cfg, 'rollout.n')} samples "
-              f"(temperature {_get(cfg, 'rollout.temperature')}, up to {_get(cfg, 'rollout.max_new_tokens')} new "
-              f"tokens) from the `{_get(cfg, 'rollout.engine')}` engine, scored by the `{_get(cfg, 'reward.name')}` "
-              "reward.",
-              f"3. `{algo}` advantages, `{_get(cfg, 'actor.policy_loss')}` policy loss, AdamW "
-              f"(lr {_get(cfg, 'actor.lr')}).",
-              f"4. Validation every {_get(cfg, 'trainer.test_freq') or 'end of'} step(s) with "
-              f"{_get(cfg, 'rollout.val_n')} samples per prompt; checkpoints in `checkpoints/`."]
-    keys = HPARAMS + (LORA_HPARAMS if lora else ()) + (QUANT_HPARAMS if quant else ())
+    if sft:
+        parts += ["", "## Training pipeline", "", *_sft_pipeline(cfg, base, weights, lora, summary)]
+    else:
+        parts += ["", "## Training pipeline", "",
+                  f"1. Load `{base}` ({weights}){' with a LoRA adapter' if lora else ''}.",
+                  f"2. Each step: {_get(cfg, 'data.train_batch_size')} prompts × {_get(cfg, 'rollout.n')} samples "
+                  f"(temperature {_get(cfg, 'rollout.temperature')}, up to {_get(cfg, 'rollout.max_new_tokens')} new "
+                  f"tokens{' a turn' if _get(cfg, 'rollout.agent.enable') else ''}) from the "
+                  f"`{_get(cfg, 'rollout.engine')}` engine"
+                  + (f", multi-turn with the tools {_tools(cfg)} (up to "
+                     f"{_get(cfg, 'rollout.agent.max_turns')} turns)" if _get(cfg, "rollout.agent.enable") else "")
+                  + f", scored by the `{_get(cfg, 'reward.name')}` reward.",
+                  f"3. `{algo}` advantages, `{_get(cfg, 'actor.policy_loss')}` policy loss, AdamW "
+                  f"(lr {_get(cfg, 'actor.lr')}).",
+                  f"4. Validation every {_get(cfg, 'trainer.test_freq') or 'end of'} step(s) with "
+                  f"{_get(cfg, 'rollout.val_n')} samples per prompt; checkpoints in `checkpoints/`."]
+    keys = (SFT_HPARAMS if sft else HPARAMS) + (LORA_HPARAMS if lora else ()) + (QUANT_HPARAMS if quant else ())
     hp = [(k, _get(cfg, k)) for k in keys if _get(cfg, k) not in (None, "", [])]
     parts += ["", "## Hyperparameters", "", _table(["key", "value"], [[f"`{k}`", f"`{v}`"] for k, v in hp]), "",
               "The full resolved configuration is `config.yaml` in the run folder."]
     parts += ["", "## Datasets", ""]
     stats = summary.get("data") or {}
-    if stats:
+    if stats and sft:
+        parts.append(_table(["split", "file", "conversations", "kept", "too long (dropped)", "tokens",
+                             "assistant tokens"], [[split, train_ds, s.get("rows"), s.get("kept"),
+                                                    s.get("dropped_too_long"), s.get("tokens"),
+                                                    s.get("assistant_tokens")] for split, s in stats.items()]))
+    elif stats:
         parts.append(_table(["split", "dataset", "rows loaded", "duplicates", "too long (dropped)", "prompts used"],
                             [[split, train_ds if split == "train" else val_ds, s.get("loaded"), s.get("duplicates"),
                               s.get("too_long_dropped"), s.get("prompts")] for split, s in stats.items()]))
     else:
         parts.append(f"train `{train_ds}`, validation `{val_ds}` (row counts: no summary.json yet).")
     parts += ["", "## Results", ""]
+    val_loss = summary.get("val_loss") or {}
+    if sft and val_loss.get("before") is not None and val_loss.get("after") is not None:
+        parts += [f"Loss on the assistant tokens of `{_get(cfg, 'sft.val')}`: {_fmt(float(val_loss['before']))} "
+                  f"before, {_fmt(float(val_loss['after']))} after.", ""]
     if rows:
         keys = list(dict.fromkeys(k for _, s in rows for k in result_metrics(evals[s])))
         parts.append(_table(["", "step", *keys], [[label, step, *(result_metrics(evals[step]).get(k, "–")
@@ -187,6 +207,13 @@ def build_card(run_dir: Path | str, out_dir: Path | str | None = None):
         if best:
             parts.append(f"The best checkpoint is step {best['step']} by `{best['metric']}` ({best['mode']}) = "
                          f"{_fmt(float(best['value']))}.")
+        agent = [(label, step, evals[step]["agent"]["overall"]) for label, step in rows
+                 if (evals[step].get("agent") or {}).get("overall")]
+        if agent:  # multi-turn tool rollouts (rollout.agent): how the model used its tools
+            keys = ("tool_call_rate", "tool_calls_mean", "tool_error_rate", "num_turns_mean", "truncated_by_turns_frac")
+            parts += ["", f"Tool use in the validation rollouts (tools: {_tools(cfg)}):", "",
+                      _table(["", "step", *keys], [[label, step, *(a.get(k, "–") for k in keys)]
+                                                   for label, step, a in agent])]
         comps = list(dict.fromkeys(k for _, s in rows for k in evals[s].get("reward_components", {})))
         if comps:
             parts += ["", "Reward components (mean over the validation samples; `/weighted` is weight × part):", "",
@@ -194,7 +221,7 @@ def build_card(run_dir: Path | str, out_dir: Path | str | None = None):
                                                                     .get(k, "–") for k in comps)]
                                                     for label, step in rows])]
     else:
-        parts.append("No validation results yet.")
+        parts.append("No rollout evaluation (sft.rollout_eval)." if sft else "No validation results yet.")
     exported = (out_dir / "config.json").is_file() or (out_dir / "adapter_config.json").is_file()
     plots = sorted((run / "plots").glob("*.png"))
     if exported and plots:  # an exported model folder is published on its own: it carries its curves
@@ -214,15 +241,52 @@ def build_card(run_dir: Path | str, out_dir: Path | str | None = None):
     parts += ["", "## Intended use and limitations", "",
               f"A research checkpoint for reasoning on `{train_ds}`-style problems. It was trained and validated on "
               "the datasets above only; the numbers are on the validation split with sampling "
-              f"(temperature {_get(cfg, 'rollout.val_temperature')}), not a broad benchmark. RL post-training can "
-              "reward-hack its reward function: read sample responses (`eval/step_N_samples.jsonl`) before "
-              "relying on the scores. Not for safety-critical use."]
+              f"(temperature {_get(cfg, 'rollout.val_temperature')}), not a broad benchmark. "
+              + ("Supervised fine-tuning imitates its conversations, mistakes included: read sample responses "
+                 if sft else "RL post-training can reward-hack its reward function: read sample responses ")
+              + "(`eval/step_N_samples.jsonl`) before relying on the scores. Not for safety-critical use."]
     parts += ["", "## Licence", "",
               f"Inherits the base model's licence: `{license_}`." if license_ else
               "The base model's licence is not recorded in its card or config: set `license` in the header to the "
               "base model's terms (and those of the training data) before publishing."]
     text = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(parts) + "\n"
     return ModelCard(text)
+
+
+def _tools(cfg: dict) -> str:
+    return ", ".join(f"`{t}`" for t in _get(cfg, "rollout.agent.tools") or [])
+
+
+def _sft_summary(name: str, cfg: dict, summary: dict, train_ds: str, val_ds: str) -> str:
+    return (f"`{name}` is a causal language model fine-tuned with supervised learning (loss on the assistant turns "
+            f"only) by scirl (`scirl sft`) on the conversations in `{train_ds}`"
+            + (f", evaluated with rollouts on `{val_ds}`" if _get(cfg, "sft.rollout_eval") else "")
+            + f". Status: {summary.get('status', 'unknown')}, {summary.get('steps', 0)} steps.")
+
+
+def _sft_pipeline(cfg: dict, base: str, weights, lora: bool, summary: dict) -> list[str]:
+    tools = _tools(cfg) if _get(cfg, "rollout.agent.enable") else None
+    return [f"1. Load `{base}` ({weights}){' with a LoRA adapter' if lora else ''}.",
+            f"2. {_get(cfg, 'sft.epochs')} epoch(s) of {_get(cfg, 'sft.batch_size')} conversations a step "
+            f"(at most {_get(cfg, 'sft.max_length')} tokens each, "
+            f"{'packed without padding' if _get(cfg, 'sft.packing') else 'padded'}), rendered with the chat "
+            "template (tools included) in the multi-turn rollout's token layout; the loss is the token mean "
+            "over the assistant tokens of the step.",
+            f"3. AdamW (lr {_get(cfg, 'actor.lr')}, {_get(cfg, 'actor.lr_scheduler')} schedule after "
+            f"{_get(cfg, 'actor.warmup_steps')} warm-up steps), gradient clip {_get(cfg, 'actor.grad_clip')}.",
+            "4. " + ("Rollout evaluation before and after" + (f" with the tools {tools}" if tools else "")
+                     + f" ({_get(cfg, 'rollout.val_n')} samples per prompt, reward `{_get(cfg, 'reward.name')}`)"
+                     if _get(cfg, "sft.rollout_eval") else "Validation loss" if _get(cfg, "sft.val")
+                     else "No evaluation") + "; checkpoints in `checkpoints/`."]
+
+
+def write_card_or_warn(run_dir, note) -> None:
+    """The run's model card, RUN/README.md, at the end of a run: a failure is a warning (`note`), never a failed
+    run (the run itself is done and saved)."""
+    try:
+        write_card(run_dir)
+    except Exception as e:  # noqa: BLE001
+        note(f"warning: model card not written ({type(e).__name__}: {e}); `scirl card {run_dir}` retries")
 
 
 def write_card(run_dir: Path | str, out: Path | str | None = None) -> Path:

@@ -33,6 +33,7 @@ from scirl.log.console import console
 from scirl.log.metrics_writer import MetricsWriter
 from scirl.log.sinks import MetricSinks
 from scirl.progress import progress
+from scirl.publish.card import write_card_or_warn
 from scirl.sft.data import load_conversations
 from scirl.sft.step import batch_indices, eval_loss, rank_share, steps_per_epoch, total_steps, train_step
 from scirl.train.actor import lr_lambda
@@ -246,6 +247,7 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop, tokenizer, train, v
         if val_before and last_val:
             _note(f"val loss {val_before['val/loss']:.4f} -> {last_val['val/loss']:.4f}")
         rollout_eval.print_table(summary)
+        write_card_or_warn(run_dir, _note)
         _note(f"{total} steps in {summary['wall_seconds']:.0f} s ({skipped} updates skipped) · final model: "
               f"{run_dir / 'checkpoints' / f'step_{total}' / 'model'}")
     return summary

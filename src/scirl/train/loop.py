@@ -25,6 +25,7 @@ from scirl.fsutil import atomic_write_json
 from scirl.log.console import StepProgress, console, summary_footer, summary_table
 from scirl.log.metrics_writer import MetricsWriter
 from scirl.log.sinks import MetricSinks
+from scirl.publish.card import write_card_or_warn
 from scirl.publish.report import ReportRefresher
 from scirl.rollout.base import SamplingParams
 from scirl.train.build import build_run
@@ -223,18 +224,8 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
         if before is not None:
             console.print(summary_table(summary))
         _note(summary_footer(summary, str(run_dir)))
-        _write_card(run_dir)
+        write_card_or_warn(run_dir, _note)
     return summary
-
-
-def _write_card(run_dir) -> None:
-    """The run's model card, RUN/README.md (scirl.publish.card); a failure is a warning, never a failed run."""
-    from scirl.publish.card import write_card
-
-    try:
-        write_card(run_dir)
-    except Exception as e:  # noqa: BLE001 - the run itself is done and saved
-        _note(f"warning: model card not written ({type(e).__name__}: {e}); `scirl card {run_dir}` retries")
 
 
 def _stop_signal(stop: GracefulStop) -> int:

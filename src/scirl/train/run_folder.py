@@ -189,8 +189,9 @@ def prepare_run(cfg, config_dict: dict, warn: Callable[[str], None]) -> RunStart
     state = load_trainer_state(ckpt)
     step = int(state["step"])
     if step > t.total_steps:
+        length = "sft.epochs or sft.max_steps" if getattr(cfg, "sft", None) and cfg.sft.train else "trainer.total_steps"
         raise ScirlError(f"checkpoint {ckpt} is at step {step}, past trainer.total_steps={t.total_steps}; raise "
-                         "trainer.total_steps to train on, or start a new run (trainer.resume=disable with another "
+                         f"{length} to train on, or start a new run (trainer.resume=disable with another "
                          "trainer.run_name)")
     same_run = ckpt.resolve().parent.parent == run_dir.resolve()
     if not same_run and has_run_files(run_dir):
