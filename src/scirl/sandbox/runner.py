@@ -1,7 +1,7 @@
 """`Sandbox.run(code, stdin, timeout)`: one untrusted Python program in the strongest tier, its output capped.
 
 Launch path (no preexec_fn: a fork of a multi-GB trainer costs ~60 ms, posix_spawn of /bin/sh ~2 ms):
-    /bin/sh -c WRAPPER  ->  ulimit ...; exec setpriv --reuid U ... -- bwrap ... /usr/bin/python3 -I -B main.py
+    /bin/sh -c WRAPPER  ->  echo $$ > cgroup.procs; ulimit ...; exec setpriv --reuid U ... -- bwrap ... /usr/bin/python3 -I -B main.py
 The program arrives through a memfd (`bwrap --file`), the seccomp program through another (`--seccomp`); the
 payload runs the system /usr/bin/python3 from the read-only /usr, never the trainer's interpreter or venv, with an
 environment of five fixed variables. Output beyond `max_output_bytes` (stdout + stderr) kills the run and sets
@@ -23,15 +23,18 @@ import threading
 import time
 from dataclasses import dataclass
 
-from scirl.sandbox import tiers
+from scirl.sandbox import cgroup, tiers
 
 PYTHON = tiers.PYTHON
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/work", "LANG": "C.UTF-8", "TMPDIR": "/tmp",
        "PYTHONDONTWRITEBYTECODE": "1"}
-# rlimits, then drop to the sandbox uid (if any), then the tier's launcher; $1..$6 are the limits
-WRAPPER = ('ulimit -c 0 && ulimit -v "$1" && ulimit -t "$2" && ulimit -p "$3" && ulimit -f "$4" && ulimit -n "$5" '
-           '|| { echo "sandbox: cannot set rlimits" >&2; exit 125; }; shift 5; exec "$@"')
+# join the run's cgroup(s) ($6: cgroup.procs files, "" when none; a failure leaves the rlimits only), rlimits, then drop to the sandbox uid (if any),
+# then the tier's launcher; $1..$5 are the limits. Builtins only: no extra process on the launch path.
+WRAPPER = ('for f in $6; do { echo $$ > "$f"; } 2>/dev/null; done; '
+           'ulimit -c 0 && ulimit -v "$1" && ulimit -t "$2" && ulimit -p "$3" && ulimit -f "$4" && ulimit -n "$5" '
+           '|| { echo "sandbox: cannot set rlimits" >&2; exit 125; }; shift 6; exec "$@"')
 TIMEOUT_CODE = 124
+NPROC_BACKSTOP = 8  # with a cgroup, RLIMIT_NPROC sits this far above pids.max (the whole run's processes)
 LANDLOCK_LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "landlock_exec.py")
 
 
@@ -44,6 +47,7 @@ class Result:
     duration: float  # seconds, wall clock
     tier: str
     truncated: bool = False  # output passed max_output_bytes: the rest was dropped and the run killed
+    limit: str = ""  # the run's cgroup limit that was hit: "memory", "pids", "memory+pids" ("" none or no cgroup)
 
     @property
     def ok(self) -> bool:
@@ -63,11 +67,12 @@ class Sandbox:
         self.worker = worker
         self.tier = tiers.detect(self.cfg, worker)  # a ScirlError naming the tier and package when none is safe
         self._lock = threading.Lock()
+        self._cgroup_warned = False
         self._lock_path = os.path.join(tempfile.gettempdir(), f"scirl-sandbox-{self.tier.user or os.getuid()}.lock")
 
-    def _limits(self) -> list[str]:
+    def _limits(self, group=None) -> list[str]:
         c = self.cfg
-        nproc = c.max_processes
+        nproc = c.max_processes + (NPROC_BACKSTOP if group else 0)  # a cgroup: pids.max is the run's limit
         if self.tier.uid is None:  # not root: the payload shares the trainer's uid, whose processes count too
             nproc += len(uid_pids(os.getuid()))
         return [str(c.memory_mb * 1024), str(c.cpu_seconds), str(nproc),
@@ -111,7 +116,7 @@ class Sandbox:
 
     def _run(self, code: str, stdin: str, timeout: float | None) -> Result:
         timeout = self.cfg.timeout if timeout is None else timeout
-        kind, fds, workdir = self.tier.kind, [], None
+        kind, fds, workdir, group = self.tier.kind, [], None, None
         try:
             code_fd = _memfd("code", _bytes(code))
             fds.append(code_fd)
@@ -132,14 +137,36 @@ class Sandbox:
                 else:
                     payload = [PYTHON, "-I", "-B", "main.py"]
                 cwd = workdir
-            argv = ["/bin/sh", "-c", WRAPPER, "sh", *self._limits(), *self._drop_uid(), *payload]
+            group = self._cgroup()
+            argv = ["/bin/sh", "-c", WRAPPER, "sh", *self._limits(group), " ".join(group.procs if group else []),
+                    *self._drop_uid(), *payload]
             env = ENV if kind == tiers.BWRAP else env_dir
-            return self._spawn(argv, env, cwd, fds, _bytes(stdin), timeout)
+            result = self._spawn(argv, env, cwd, fds, _bytes(stdin), timeout)
+            if group:
+                group.close()
+                result.limit = group.limit
+                group = None
+            return result
         finally:
+            if group:  # an exception (Ctrl-C) between creating the cgroup and closing it
+                group.close()
             for fd in fds:
                 os.close(fd)
             if workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
+
+    def _cgroup(self):
+        """This run's cgroup (scirl.sandbox.cgroup.RunGroup), or None: no cgroup tier, or creating it failed (logged
+        once; the run goes on with its rlimits)."""
+        if self.tier.cgroup is None:
+            return None
+        try:
+            return cgroup.RunGroup.create(self.tier.cgroup, self.cfg.memory_mb, self.cfg.max_processes)
+        except OSError as e:
+            if not self._cgroup_warned:
+                tiers.log.warning("sandbox: this run has no cgroup (%s); rlimits only", e)
+                self._cgroup_warned = True
+            return None
 
     def _workdir(self, code: str) -> str:
         d = tempfile.mkdtemp(prefix=f"scirl-sbx{self.worker}-")

@@ -9,11 +9,14 @@ Tiers, strongest first:
   /proc still lists host processes (their memory and environ stay unreadable: other uid, ptrace refused);
 - `unsafe` (only with sandbox.allow_unsafe=true): rlimits and timeouts, nothing else.
 A tier without a dedicated uid (the sandbox users are missing, or scirl does not run as root) says so in its name.
+Where a writable cgroup hierarchy exists (root, sandbox.cgroup=auto) each run also gets its own cgroup: the name
+ends in `+cgroup` (scirl.sandbox.cgroup); without one the reason is logged once.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import logging
 import os
@@ -37,12 +40,14 @@ class Tier:
     gid: int | None
     user: str  # its name ("" when none)
     dedicated: bool = False  # the worker's own user (<sandbox.user_prefix><worker>), not a shared one like nobody
+    cgroup: object = None  # a scirl.sandbox.cgroup.Layout: each run gets its own cgroup (memory + pids)
 
     @property
     def name(self) -> str:
         if self.kind == UNSAFE:
             return "unsafe (rlimits + timeout only)"
-        name = "+".join([self.kind] + (["uid"] if self.dedicated else []) + ["rlimits"])
+        name = "+".join([self.kind] + (["uid"] if self.dedicated else []) + ["rlimits"]
+                        + (["cgroup"] if self.cgroup is not None else []))
         if self.uid is None:
             name += " (same uid as the trainer)"
         elif not self.dedicated:
@@ -107,7 +112,31 @@ def _seccomp_problem() -> str:
 
 
 def detect(cfg, worker: int = 0) -> Tier:
-    """The strongest tier `cfg.tier` allows here; a ScirlError naming the tier and the missing package when none."""
+    """The strongest tier `cfg.tier` allows here (with a cgroup per run when available); a ScirlError naming the
+    tier and the missing package when none."""
+    return _with_cgroup(_detect(cfg, worker), getattr(cfg, "cgroup", "auto"))
+
+
+def _with_cgroup(tier: Tier, want: str) -> Tier:
+    if want not in ("auto", "off"):
+        raise ScirlError(f"sandbox.cgroup={want!r} must be one of auto, off")
+    if want == "off":
+        return tier
+    from scirl.sandbox import cgroup
+
+    layout, why = cgroup.probe()
+    if layout is None:
+        _no_cgroup(why)
+        return tier
+    return dataclasses.replace(tier, cgroup=layout)
+
+
+@functools.lru_cache(maxsize=None)
+def _no_cgroup(why: str) -> None:
+    log.info("sandbox: no cgroup per run (%s); limits are the rlimits and the uid's", why)
+
+
+def _detect(cfg, worker: int) -> Tier:
     want = cfg.tier
     if want not in ("auto", "bwrap", "landlock", "unsafe"):
         raise ScirlError(f"sandbox.tier={want!r} must be one of auto, bwrap, landlock, unsafe")
