@@ -1,7 +1,8 @@
 """`Sandbox.run(code, stdin, timeout)`: one untrusted Python program in the strongest tier, its output capped.
 
 Launch path (no preexec_fn: a fork of a multi-GB trainer costs ~60 ms, posix_spawn of /bin/sh ~2 ms):
-    /bin/sh -c WRAPPER  ->  echo $$ > cgroup.procs; ulimit ...; exec setpriv --reuid U ... -- bwrap ... /usr/bin/python3 -I -B main.py
+    /bin/sh -c WRAPPER  ->  echo $$ > cgroup.procs (a cgroup tier); ulimit ...;
+                            exec setpriv --reuid U ... -- bwrap ... /usr/bin/python3 -I -B main.py
 The program arrives through a memfd (`bwrap --file`), the seccomp program through another (`--seccomp`); the
 payload runs the system /usr/bin/python3 from the read-only /usr, never the trainer's interpreter or venv, with an
 environment of five fixed variables. Output beyond `max_output_bytes` (stdout + stderr) kills the run and sets
@@ -28,8 +29,9 @@ from scirl.sandbox import cgroup, tiers
 PYTHON = tiers.PYTHON
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/work", "LANG": "C.UTF-8", "TMPDIR": "/tmp",
        "PYTHONDONTWRITEBYTECODE": "1"}
-# join the run's cgroup(s) ($6: cgroup.procs files, "" when none; a failure leaves the rlimits only), rlimits, then drop to the sandbox uid (if any),
-# then the tier's launcher; $1..$5 are the limits. Builtins only: no extra process on the launch path.
+# join the run's cgroup(s) ($6: cgroup.procs files, "" when none; a failure leaves the rlimits only), rlimits,
+# then drop to the sandbox uid (if any), then the tier's launcher; $1..$5 are the limits. Builtins only: no extra
+# process on the launch path.
 WRAPPER = ('for f in $6; do { echo $$ > "$f"; } 2>/dev/null; done; '
            'ulimit -c 0 && ulimit -v "$1" && ulimit -t "$2" && ulimit -p "$3" && ulimit -f "$4" && ulimit -n "$5" '
            '|| { echo "sandbox: cannot set rlimits" >&2; exit 125; }; shift 6; exec "$@"')
