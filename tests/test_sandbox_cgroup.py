@@ -107,6 +107,8 @@ def test_bad_cgroup_value_is_one_line():
 
     with pytest.raises(ScirlError, match=r"sandbox.cgroup"):
         load_config(None, ["sandbox.cgroup=yes"])
+    assert load_config(None, ["sandbox.cgroup=off"]).sandbox.cgroup is False  # YAML's off: accepted as off
+    assert tiers.detect(SandboxConfig(tier="unsafe", cgroup=False)).cgroup is None
     with pytest.raises(ScirlError, match=r"sandbox.cgroup='yes' must be one of auto, off"):
         tiers.detect(SandboxConfig(tier="unsafe", cgroup="yes"))
 

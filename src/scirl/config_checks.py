@@ -41,7 +41,7 @@ def validate(cfg: Config) -> None:
     _choice("actor.kl_loss_type", act.kl_loss_type, KL_KINDS)
     _choice("algorithm.kl_penalty", a.kl_penalty, KL_KINDS)
     _choice("sandbox.tier", cfg.sandbox.tier, ("auto", "bwrap", "landlock", "unsafe"))
-    _choice("sandbox.cgroup", cfg.sandbox.cgroup, ("auto", "off"))
+    _choice("sandbox.cgroup", "off" if cfg.sandbox.cgroup is False else cfg.sandbox.cgroup, ("auto", "off"))
     _choice("algorithm.kl_ctrl.type", a.kl_ctrl.type, ("fixed", "adaptive"))
     _choice("algorithm.rollout_correction.rollout_is", rc.rollout_is, (None, "token", "sequence"))
     _choice("algorithm.filter_groups.metric", fg.metric, ("acc", "score"))

@@ -59,8 +59,9 @@ class SandboxConfig:
     disk_mb: int = 64  # size of each of the tmpfs /tmp and work dir (bwrap tier)
     max_fds: int = 256  # RLIMIT_NOFILE
     max_output_bytes: int = 1048576  # stdout + stderr kept; more kills the run (truncated)
-    cgroup: str = "auto"  # auto: a cgroup per run (memory_mb for all its processes, max_processes) where root
-    #                       and a writable cgroup v2 / v1 hierarchy allow it, else none (logged) | off
+    cgroup: str | bool = "auto"  # auto: a cgroup per run (memory_mb for all its processes, max_processes) where
+    #                              root and a writable cgroup v2 / v1 hierarchy allow it, else none (logged) | off
+    #                              (YAML reads a bare `off` as false: the same)
 
 
 @dataclass

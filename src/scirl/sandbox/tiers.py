@@ -118,6 +118,7 @@ def detect(cfg, worker: int = 0) -> Tier:
 
 
 def _with_cgroup(tier: Tier, want: str) -> Tier:
+    want = "off" if want is False else want  # YAML reads a bare `off` as false
     if want not in ("auto", "off"):
         raise ScirlError(f"sandbox.cgroup={want!r} must be one of auto, off")
     if want == "off":
