@@ -61,7 +61,8 @@ def box():
 
 
 def _left(sb) -> list[str]:
-    return [n for p in sb.tier.cgroup.parents for n in os.listdir(p) if n.startswith("run-")]
+    """This process's run cgroups still present (other processes on the machine may be running sandboxes too)."""
+    return [n for p in sb.tier.cgroup.parents for n in os.listdir(p) if n.startswith(f"run-{os.getpid()}-")]
 
 
 def test_memory_limit_covers_all_processes_of_a_run(box):
