@@ -3,8 +3,8 @@ processes together) and pids (sandbox.max_processes), then every leftover proces
 
 `probe()` finds a writable hierarchy once per process (root only): cgroup v2 (a mount whose cgroup.controllers
 lists memory and pids; the two are enabled in the parent's cgroup.subtree_control when needed), else v1 (the
-`memory` and `pids` hierarchies). Runs live in `<base>/scirl-sandbox/run-<pid>-<n>`, `<base>` being this
-process's own cgroup in that hierarchy when it is writable there, else the hierarchy's root. The probe creates a
+`memory` and `pids` hierarchies). Runs live in `<base>/scirl-sandbox/run-<pid>-<n>-<random>`, `<base>` being
+this process's own cgroup in that hierarchy when it is writable there, else the hierarchy's root. The probe creates a
 cgroup, sets both limits, moves a `/bin/true` into it and removes it; anything failing (no cgroup fs, read-only,
 EPERM, a missing controller) means no cgroup, said once in the tier's name and log, never an error.
 
@@ -19,6 +19,7 @@ import functools
 import itertools
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -159,7 +160,8 @@ class RunGroup:
 
     @classmethod
     def create(cls, layout: Layout, memory_mb: int, max_processes: int) -> RunGroup:
-        name = f"run-{os.getpid()}-{next(_counter)}"
+        # the random part: processes in other pid namespaces (containers) may share this hierarchy and this pid
+        name = f"run-{os.getpid()}-{next(_counter)}-{secrets.token_hex(4)}"
         dirs = [os.path.join(p, name) for p in layout.parents]
         g = cls(layout, [])
         try:
