@@ -27,7 +27,6 @@ from scirl.ckpt.resume import init_weights_path, restore_modules
 from scirl.ckpt.rng import restore_rng
 from scirl.config import Config, save_config, to_dict
 from scirl.config_sft import check_sft_run
-from scirl.errors import ScirlError
 from scirl.fsutil import atomic_write_json
 from scirl.log.console import console
 from scirl.log.metrics_writer import MetricsWriter
@@ -36,12 +35,12 @@ from scirl.progress import progress
 from scirl.publish.card import write_card_or_warn
 from scirl.sft.data import load_conversations
 from scirl.sft.step import batch_indices, eval_loss, rank_share, steps_per_epoch, total_steps, train_step
-from scirl.train.actor import lr_lambda
+from scirl.train.actor import make_optimizer, restore_optimizer
 from scirl.train.fsdp import enable_gradient_checkpointing, shard_model, sum_gradients_over_ranks
 from scirl.train.lora import apply_lora, lora_on, same_adapter_on_all_ranks
-from scirl.train.model_loading import load_model_and_tokenizer, pick_device, resolve_model_path
+from scirl.train.model_loading import load_model_and_tokenizer, load_tokenizer, pick_device
 from scirl.train.run_folder import RunLock, RunStart, decide_start
-from scirl.train.stop import GracefulStop, RunStopped
+from scirl.train.stop import GracefulStop, RunStopped, stop_signal
 
 
 def _note(text: str) -> None:
@@ -66,29 +65,15 @@ def run_sft(cfg: Config) -> dict:
 
 def _load_data(cfg: Config):
     """(tokenizer, train set, val set or None): the tokenizer of model.path with rollout.agent.chat_template."""
-    from transformers import AutoTokenizer
-
     from scirl.agent.engine import read_chat_template
-    from scirl.hub import hub_kwargs
 
-    path = resolve_model_path(cfg.model.path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **({} if _is_dir(path) else hub_kwargs(path, "model.path")))
-    except OSError as e:
-        raise ScirlError(f"model.path: cannot load the tokenizer of '{cfg.model.path}': {str(e).splitlines()[0]}"
-                         ) from None
+    tokenizer = load_tokenizer(cfg.model.path)
     if cfg.rollout.agent.chat_template:
         tokenizer.chat_template = read_chat_template(cfg.rollout.agent.chat_template)
     kw = template_kwargs(cfg)
     train = load_conversations(cfg.sft.train, "sft.train", tokenizer, cfg.sft, **kw)
     val = load_conversations(cfg.sft.val, "sft.val", tokenizer, cfg.sft, **kw) if cfg.sft.val else None
     return tokenizer, train, val
-
-
-def _is_dir(path: str) -> bool:
-    from pathlib import Path
-
-    return Path(path).is_dir()
 
 
 def _run(cfg: Config) -> dict:
@@ -124,26 +109,10 @@ def _build_model(cfg: Config, start: RunStart, device: str):
     return model
 
 
-def _optimizer(model, cfg: Config):
-    act = cfg.actor
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=act.lr, betas=tuple(act.betas), weight_decay=act.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(act.warmup_steps, cfg.trainer.total_steps, act.lr_scheduler, act.min_lr_ratio))
-    return params, optimizer, scheduler
-
-
 def _restore(start: RunStart, cfg: Config, model, optimizer, scheduler) -> int:
     state = start.state
     restore_modules(start.ckpt, state, model, optimizer)
-    scheduler.load_state_dict(state["scheduler"])
-    act = cfg.actor  # the optimizer state carries the old hyperparameters: apply the config's
-    scheduler.base_lrs = [act.lr for _ in scheduler.base_lrs]
-    scheduler.lr_lambdas = [lr_lambda(act.warmup_steps, cfg.trainer.total_steps, act.lr_scheduler,
-                                      act.min_lr_ratio) for _ in scheduler.lr_lambdas]
-    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
-        group.update(initial_lr=act.lr, lr=act.lr * factor(scheduler.last_epoch), betas=tuple(act.betas),
-                     weight_decay=act.weight_decay)
+    restore_optimizer(optimizer, scheduler, state["scheduler"], cfg.actor)
     note = restore_rng(state["rng"], dist.rank(), dist.world_size(), cfg.trainer.seed, start.step)
     if note:
         _note(note)
@@ -162,7 +131,7 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop, tokenizer, train, v
     rollout_eval = RolloutEval(cfg, tokenizer, run_dir, sinks, _note)  # reward workers fork before the model loads
     try:
         model = _build_model(cfg, start, device)
-        params, optimizer, scheduler = _optimizer(model, cfg)
+        params, optimizer, scheduler = make_optimizer(model, cfg)
         skipped = _restore(start, cfg, model, optimizer, scheduler) if start.state else 0
     except BaseException:
         rollout_eval.close()
@@ -210,7 +179,7 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop, tokenizer, train, v
         last_val = val_before
         with progress(total, "sft", "steps", initial=start.step, enabled=t.progress and main) as bar:
             for step in range(start.step + 1, total + 1):
-                stopped = _stop_signal(stop)
+                stopped = stop_signal(stop)
                 if stopped:
                     break
                 idx, epoch = batch_indices(step, len(convs), cfg.sft.batch_size, t.seed)
@@ -232,7 +201,7 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop, tokenizer, train, v
                     last_val = validation(step) or last_val
                 if t.save_freq and step % t.save_freq == 0 or step == total:
                     saved = checkpoint(step)
-        stopped = stopped or _stop_signal(stop)
+        stopped = stopped or stop_signal(stop)
         if stopped and done < total:
             path = saved if saved is not None and step_of(saved) == done else checkpoint(done)
             if main:
@@ -263,12 +232,6 @@ def _first_val(run_dir) -> dict:
     except (OSError, ValueError):
         pass
     return {}
-
-
-def _stop_signal(stop: GracefulStop) -> int:
-    if dist.world_size() == 1:
-        return stop.signum or 0
-    return int(dist.all_reduce_max(torch.tensor(stop.signum or 0)).item())
 
 
 def _summary(status, before, after, val_before, val_after, steps, start, t_start, skipped, train) -> dict:

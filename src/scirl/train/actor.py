@@ -52,18 +52,33 @@ def lr_lambda(warmup: int, total: int, kind: str, min_ratio: float):
     return fn
 
 
+def make_optimizer(model, cfg: Config):
+    """(trainable parameters, AdamW over them, its LambdaLR schedule) from actor.* and trainer.total_steps."""
+    act = cfg.actor
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=act.lr, betas=tuple(act.betas), weight_decay=act.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(act.warmup_steps, cfg.trainer.total_steps, act.lr_scheduler, act.min_lr_ratio))
+    return params, optimizer, scheduler
+
+
+def restore_optimizer(optimizer, scheduler, scheduler_state: dict, act) -> None:
+    """Load a checkpoint's scheduler state, then apply the config's actor.{lr, betas, weight_decay}: the restored
+    optimizer state carries the old hyperparameters (the schedule itself is the config's: LambdaLR keeps its
+    functions out of its state)."""
+    scheduler.load_state_dict(scheduler_state)
+    scheduler.base_lrs = [act.lr for _ in scheduler.base_lrs]
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group.update(initial_lr=act.lr, lr=act.lr * factor(scheduler.last_epoch), betas=tuple(act.betas),
+                     weight_decay=act.weight_decay)
+
+
 class Actor:
     def __init__(self, model, cfg: Config):
         self.model = model
         self.cfg = cfg
         act = cfg.actor
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=act.lr, betas=tuple(act.betas), weight_decay=act.weight_decay
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(act.warmup_steps, cfg.trainer.total_steps, act.lr_scheduler, act.min_lr_ratio)
-        )
+        self.params, self.optimizer, self.scheduler = make_optimizer(model, cfg)
         self.policy_loss = get_policy_loss(act.policy_loss)
         # the loss's own hyperparameters (SAPO's taus, Clip-Cov's window, ...) from actor.policy_loss_kwargs
         names = getattr(self.policy_loss, "config_kwargs", ())

@@ -28,13 +28,14 @@ from scirl.log.sinks import MetricSinks
 from scirl.publish.card import write_card_or_warn
 from scirl.publish.report import ReportRefresher
 from scirl.rollout.base import SamplingParams
+from scirl.train.actor import restore_optimizer
 from scirl.train.build import build_run
 from scirl.train.lora import lora_on
 from scirl.train.rank_metrics import reduce_step_metrics
 from scirl.train.run_folder import RunLock, RunStart, decide_start
 from scirl.train.step import StepContext, train_step
 from scirl.train.sync_guard import SyncGuard
-from scirl.train.stop import GracefulStop, RunStopped
+from scirl.train.stop import GracefulStop, RunStopped, stop_signal
 
 
 def seed_everything(seed: int) -> None:
@@ -87,12 +88,7 @@ def _restore(start: RunStart, cfg: Config, parts) -> None:
     """Load a checkpoint into this rank's components (every rank calls it), then sync the rollout copy."""
     state, actor = start.state, parts.actor
     restore_modules(start.ckpt, state, actor.model, actor.optimizer, _saved_modules(cfg, parts.teacher))
-    actor.scheduler.load_state_dict(state["scheduler"])
-    act, sched = cfg.actor, actor.scheduler  # the optimizer state carries the old hyperparameters: apply the config's
-    sched.base_lrs = [act.lr for _ in sched.base_lrs]
-    for group, factor in zip(actor.optimizer.param_groups, sched.lr_lambdas):
-        group.update(initial_lr=act.lr, lr=act.lr * factor(sched.last_epoch), betas=tuple(act.betas),
-                     weight_decay=act.weight_decay)
+    restore_optimizer(actor.optimizer, actor.scheduler, state["scheduler"], cfg.actor)
     actor.skipped_updates = state["skipped_updates"]
     parts.sampler.load_state_dict(state["sampler"])
     if parts.kl_ctrl is not None and state.get("kl_ctrl"):
@@ -183,7 +179,7 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
         last_eval = before if start.step == 0 else None
         with StepProgress(t.total_steps, start.step, t.progress and main, "console" in t.logger) as progress:
             for step in range(start.step + 1, t.total_steps + 1):
-                stopped = _stop_signal(stop)
+                stopped = stop_signal(stop)
                 if stopped:
                     break
                 ctx.step = step
@@ -208,7 +204,7 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
                     if saved is None or step_of(saved) != step:
                         saved = checkpoint(step)  # a validation step that is no save step: saved for the best
                     best.record(step, last_eval, saved if main else None)
-        stopped = stopped or _stop_signal(stop)
+        stopped = stopped or stop_signal(stop)
         if stopped and done < t.total_steps:
             path = saved if saved is not None and step_of(saved) == done else checkpoint(done)
             if main:
@@ -226,13 +222,6 @@ def _train(cfg: Config, start: RunStart, stop: GracefulStop) -> dict:
         _note(summary_footer(summary, str(run_dir)))
         write_card_or_warn(run_dir, _note)
     return summary
-
-
-def _stop_signal(stop: GracefulStop) -> int:
-    """The signal that asked any rank to stop (0: none), the same on every rank: all stop at this boundary."""
-    if dist.world_size() == 1:
-        return stop.signum or 0
-    return int(dist.all_reduce_max(torch.tensor(stop.signum or 0)).item())
 
 
 def _write_summary(run_dir, status: str, before, after, steps: int, start: RunStart, t_start: float, actor,

@@ -33,12 +33,32 @@ def resolve_model_path(path: str) -> str:
     return path
 
 
+def load_tokenizer(path: str, key: str = "model.path", hub: dict | None = None):
+    """The tokenizer of a model folder, hub id or builtin:<name> (its eos token pads when it has no pad token); a
+    one-line error naming `key` when it cannot be loaded. `hub`: the from_pretrained kwargs for a hub id when the
+    caller has them already (hub_kwargs probes the hub)."""
+    from transformers import AutoTokenizer
+
+    from scirl.hub import hub_kwargs
+
+    resolved = resolve_model_path(path)
+    if hub is None:  # fail fast when the hub is unreachable
+        hub = {} if Path(resolved).exists() else hub_kwargs(resolved, key)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved, **hub)
+    except OSError as e:  # missing files, a repo that does not exist...
+        raise ScirlError(f"{key}: cannot load '{path}': {str(e).splitlines()[0]}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "cpu", attn: str = "sdpa",
                              key: str = "model.path", quantization=None):
     """(model on `device`, tokenizer). `quantization`: a model.quantization with load_in_4bit, the base loaded
     4-bit by bitsandbytes (quantised from the same weights the same way every time: a resume re-quantises it
     bit for bit) and prepared for QLoRA (scirl.train.quantize)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from scirl.hub import hub_kwargs
 
@@ -46,8 +66,8 @@ def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "c
     if dtype not in DTYPES:
         raise ScirlError(f"model.dtype='{dtype}' must be one of {', '.join(DTYPES)}")
     hub = {} if Path(resolved).exists() else hub_kwargs(resolved, key)  # fail fast when the hub is unreachable
+    tokenizer = load_tokenizer(path, key, hub)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved, **hub)
         four_bit = {}
         if quantization is not None and quantization.load_in_4bit:
             from scirl.train.quantize import bnb_config
@@ -57,8 +77,6 @@ def load_model_and_tokenizer(path: str, dtype: str = "float32", device: str = "c
                                                      **four_bit, **hub)
     except OSError as e:  # missing files, a repo that does not exist...
         raise ScirlError(f"{key}: cannot load '{path}': {str(e).splitlines()[0]}") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     if four_bit:  # placed on `device` by device_map; the 4-bit layers cannot be moved after loading
         from scirl.train.quantize import prepare_4bit_base
 

@@ -69,3 +69,14 @@ class GracefulStop(SignalScope):
             return  # one line per run, not one per rank
         os.write(2, f"\nscirl: {name} received: stopping after this step with a checkpoint (send it again to exit "
                     "at once)\n".encode())
+
+
+def stop_signal(stop: GracefulStop) -> int:
+    """The signal that asked any rank to stop (0: none), the same on every rank: all stop at this boundary."""
+    from scirl import dist
+
+    if dist.world_size() == 1:
+        return stop.signum or 0
+    import torch
+
+    return int(dist.all_reduce_max(torch.tensor(stop.signum or 0)).item())
