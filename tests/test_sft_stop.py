@@ -22,7 +22,7 @@ def test_a_signal_checkpoints_and_the_rerun_finishes_bitwise(tmp_path, monkeypat
         calls.append(1)
         return signal.SIGTERM if len(calls) == 3 else 0
 
-    monkeypatch.setattr(loop, "_stop_signal", stop_before_step_3)
+    monkeypatch.setattr(loop, "stop_signal", stop_before_step_3)  # the name sft.loop calls
     assert main(["sft", *sft_args(tmp_path, **{"trainer.run_name": "cut"})]) == 128 + signal.SIGTERM
     err = capsys.readouterr().err
     assert "stopped by SIGTERM after step 2" in err and "run the same command again" in err
